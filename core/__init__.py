@@ -1,0 +1,1 @@
+"""Host-independent core: model, ops, shot pipeline."""

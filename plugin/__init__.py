@@ -1,0 +1,1 @@
+"""Thin host adapters (Blender, Nuke, farm)."""
