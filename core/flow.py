@@ -1,0 +1,267 @@
+"""Dense optical flow from a target frame to a keyframe, completed inside the masks,
+with a forward-backward consistency error.
+
+Conventions (all arrays numpy, pixel units, full frame resolution):
+
+* ``flow`` is float32 ``(H, W, 2)``; channel 0 is x (columns, to the right), channel 1
+  is y (rows, down). It is a **backward warp from the target's point of view**: the
+  target pixel at integer position ``(x, y)`` is found in the key at
+  ``(x + flow[y, x, 0], y + flow[y, x, 1])``. So ``warp(key, flow)`` looks like the
+  target. Pixel centres are at integer coordinates (OpenCV ``remap`` convention).
+* ``error`` is float32 ``(H, W)``: ``|F_tk(p) + F_kt(p + F_tk(p))|`` in pixels, where
+  ``F_tk`` is target->key flow (the one returned) and ``F_kt`` key->target flow,
+  sampled bilinearly. Near 0 where the two agree; large at occlusions and wherever
+  either flow is wrong. Where ``p + F_tk(p)`` leaves the key frame the error is the
+  constant :data:`OUT_OF_FRAME_ERROR` (the key cannot supply that pixel at all).
+* Images are display-referred (see :mod:`keyprop.core.color`), float ``(H, W, C)``
+  in [0, 1], RGB(A); alpha is ignored. Masks are float ``(H, W)`` in [0, 1],
+  1 = region to fill (its content is not trusted for matching).
+
+Method: OpenCV's DIS flow (Kroeger et al. 2016, ``cv2.DISOpticalFlow``, MEDIUM
+preset) on 8-bit luma at a reduced working size (long side ``work_size``), because
+DIS cost grows with pixel count and the network only needs flow at 1/8 resolution
+anyway. The flow is resized back and its vectors scaled by the size ratio per axis.
+
+Inside a mask the target content is the thing being removed (a rig, a wire, a
+person), so DIS's answer there describes the wrong object. Before DIS the masked
+luma is inpainted (``cv2.inpaint``, Telea) so the object's edges do not drag the
+flow of neighbouring background; after DIS the flow in the (slightly dilated) mask
+is discarded and completed from the surrounding valid flow by pyramid push-pull
+normalized convolution: valid vectors and a validity weight are blurred and
+halved level by level, holes take the normalized average of the coarsest level
+that covers them, and the result is pulled back up. That is a smooth membrane
+through the boundary flow, exact for a rigid shift and cheap for holes of any size.
+Forward flow is completed in the dilated target mask; backward flow in the dilated
+key mask and wherever it points into the dilated target mask (matches there are as
+unreliable as the hole itself).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import cv2
+import numpy as np
+
+__all__ = ["flow", "warp", "complete_flow", "consistency_error", "DEFAULT_WORK_SIZE",
+           "OUT_OF_FRAME_ERROR"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WORK_SIZE = 1024
+# Error (pixels) where the target pixel's match falls outside the key: the key
+# cannot supply it, which should read as "flow useless here" to the network.
+OUT_OF_FRAME_ERROR = 1000.0
+# Pixels (at working size) by which masks grow before the flow inside is replaced:
+# DIS patches straddling the mask edge are contaminated too (MEDIUM: 12 px patches at
+# half resolution); 8 measured clean on a synthetic shift with a foreign object.
+_MASK_MARGIN = 8
+# The inpainted area grows only a little: a larger blob of smooth inpaint would
+# itself mismatch the key's texture.
+_PREFILL_MARGIN = 2
+_MASK_THRESHOLD = 0.5 / 255  # any non-zero mask value counts as "to fill"
+
+
+# ----------------------------------------------------------------------------- warp
+
+
+def warp(image: np.ndarray, flow: np.ndarray,
+         border: int = cv2.BORDER_REPLICATE) -> np.ndarray:
+    """Sample ``image`` at ``p + flow(p)`` with bilinear interpolation.
+
+    Args:
+        image: ``(H, W)`` or ``(H, W, C)``, float32 (other dtypes are converted).
+        flow: float32 ``(H, W, 2)``, x then y, pixels, in the convention above.
+        border: OpenCV border mode for samples outside ``image``.
+
+    Returns:
+        ``image``'s layout with ``flow``'s height and width, float32.
+    """
+    flow = np.asarray(flow, dtype=np.float32)
+    h, w = flow.shape[:2]
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    map_x = gx + flow[:, :, 0]
+    map_y = gy + flow[:, :, 1]
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim == 3 and image.shape[2] > 4:
+        # cv2.remap handles at most 4 channels.
+        return np.stack([warp(image[:, :, c], flow, border) for c in range(image.shape[2])],
+                        axis=2)
+    out = cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=border)
+    if image.ndim == 3 and out.ndim == 2:
+        out = out[:, :, None]
+    return out
+
+
+# ------------------------------------------------------------------------ completion
+
+
+def complete_flow(flow: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Fill ``flow`` where ``valid`` is False from the valid surroundings (push-pull).
+
+    Args:
+        flow: float32 ``(H, W, 2)`` (any channel count works).
+        valid: bool ``(H, W)``; True where ``flow`` is trusted.
+
+    Returns:
+        float32 ``(H, W, 2)``, equal to ``flow`` where ``valid``, smooth inside holes.
+        If nothing is valid, zeros.
+    """
+    flow = np.asarray(flow, dtype=np.float32)
+    if valid.all():
+        return flow.copy()
+    if not valid.any():
+        log.debug("complete_flow: no valid flow, returning zeros")
+        return np.zeros_like(flow)
+    weight = valid.astype(np.float32)
+    filled = _push_pull(flow * weight[:, :, None], weight)
+    return np.where(valid[:, :, None], flow, filled).astype(np.float32)
+
+
+def _push_pull(weighted: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Normalized-convolution pyramid. ``weighted`` = values * weight, ``(H, W, C)``."""
+    h, w = weight.shape
+    if min(h, w) <= 2 or weight.min() > 0:
+        return weighted / np.maximum(weight, 1e-12)[:, :, None]
+    coarse_weighted = cv2.pyrDown(weighted)
+    coarse_weight = cv2.pyrDown(weight)
+    if coarse_weighted.ndim == 2:
+        coarse_weighted = coarse_weighted[:, :, None]
+    coarse = _push_pull(coarse_weighted, coarse_weight)
+    up = cv2.pyrUp(coarse, dstsize=(w, h))
+    if up.ndim == 2:
+        up = up[:, :, None]
+    # Where this level has full support use its own average; where it has partial
+    # support blend with the coarser estimate in proportion to the support.
+    alpha = np.clip(weight, 0.0, 1.0)[:, :, None]
+    own = weighted / np.maximum(weight, 1e-12)[:, :, None]
+    return alpha * own + (1.0 - alpha) * up
+
+
+# ---------------------------------------------------------------------------- flow
+
+
+def _luma_u8(image: np.ndarray) -> np.ndarray:
+    """Display-referred float ``(H, W, C)`` -> 8-bit luma ``(H, W)`` for DIS."""
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim == 2:
+        luma = image
+    elif image.shape[2] == 1:
+        luma = image[:, :, 0]
+    else:
+        luma = image[:, :, :3] @ np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)
+    return np.rint(np.clip(luma, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _work_shape(h: int, w: int, work_size: int) -> tuple[int, int]:
+    scale = min(1.0, work_size / max(h, w))
+    return max(8, round(h * scale)), max(8, round(w * scale))
+
+
+def _hole(mask: np.ndarray | None, shape: tuple[int, int], margin: int) -> np.ndarray:
+    """Resize a float mask to working ``shape`` and dilate it by ``margin``: bool ``(h, w)``."""
+    if mask is None:
+        return np.zeros(shape, dtype=bool)
+    mask = np.asarray(mask, dtype=np.float32)
+    if mask.shape != shape:
+        # INTER_AREA keeps thin wires: any coverage shows up as a non-zero value.
+        mask = cv2.resize(mask, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
+    hole = (mask > _MASK_THRESHOLD).astype(np.uint8)
+    if hole.any() and margin > 0:
+        k = 2 * margin + 1
+        hole = cv2.dilate(hole, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+    return hole.astype(bool)
+
+
+def _dis(source: np.ndarray, dest: np.ndarray) -> np.ndarray:
+    """DIS flow such that ``source(p) ~ dest(p + flow(p))``: float32 ``(h, w, 2)``."""
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    return dis.calc(source, dest, None)
+
+
+def _prefill(luma: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Inpaint masked luma so the removed object's edges do not attract DIS patches."""
+    if not mask.any():
+        return luma
+    return cv2.inpaint(luma, mask.astype(np.uint8), 3, cv2.INPAINT_TELEA)
+
+
+def _to_full(flow_w: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Resize working-size flow to ``(h, w)`` and scale its vectors per axis."""
+    hw, ww = flow_w.shape[:2]
+    if (hw, ww) == (h, w):
+        return flow_w
+    full = cv2.resize(flow_w, (w, h), interpolation=cv2.INTER_LINEAR)
+    full[:, :, 0] *= w / ww
+    full[:, :, 1] *= h / hw
+    return full
+
+
+def consistency_error(forward: np.ndarray, backward: np.ndarray) -> np.ndarray:
+    """``|F(p) + B(p + F(p))|`` in pixels, float32 ``(H, W)``.
+
+    Args:
+        forward: target->key flow ``(H, W, 2)``.
+        backward: key->target flow ``(H, W, 2)`` (same size).
+
+    Where ``p + F(p)`` falls outside the frame the error is :data:`OUT_OF_FRAME_ERROR`.
+    """
+    h, w = forward.shape[:2]
+    back_at = warp(backward, forward, border=cv2.BORDER_REPLICATE)
+    err = np.linalg.norm(forward + back_at, axis=2).astype(np.float32)
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    x = gx + forward[:, :, 0]
+    y = gy + forward[:, :, 1]
+    outside = (x < -0.5) | (x > w - 0.5) | (y < -0.5) | (y > h - 0.5)
+    err[outside] = OUT_OF_FRAME_ERROR
+    return err
+
+
+def flow(target: np.ndarray, key: np.ndarray,
+         target_mask: np.ndarray | None = None, key_mask: np.ndarray | None = None,
+         work_size: int = DEFAULT_WORK_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """Flow target->key, completed inside the masks, and its consistency error.
+
+    Args:
+        target: display-referred float ``(H, W, C)`` (or ``(H, W)``), [0, 1].
+        key: same size as ``target``.
+        target_mask: float ``(H, W)`` in [0, 1], 1 = target content to ignore (the
+            region to fill); None = nothing masked.
+        key_mask: same for the key: pixels whose content should not drive matching.
+            For a fully clean keyframe pass None.
+        work_size: long side (pixels) at which DIS runs.
+
+    Returns:
+        ``(flow, error)``: float32 ``(H, W, 2)`` with ``target(p) ~ key(p + flow(p))``
+        (channel 0 = x, 1 = y, pixels at full size), and float32 ``(H, W)``
+        forward-backward error in pixels (see the module docstring).
+    """
+    h, w = target.shape[:2]
+    if key.shape[:2] != (h, w):
+        raise ValueError(f"key is {key.shape[1]}x{key.shape[0]}, target is {w}x{h}")
+    for name, m in (("target_mask", target_mask), ("key_mask", key_mask)):
+        if m is not None and np.shape(m)[:2] != (h, w):
+            raise ValueError(f"{name} has shape {np.shape(m)}, expected ({h}, {w})")
+    hw, ww = _work_shape(h, w, work_size)
+    t_luma, k_luma = _luma_u8(target), _luma_u8(key)
+    if (hw, ww) != (h, w):
+        t_luma = cv2.resize(t_luma, (ww, hw), interpolation=cv2.INTER_AREA)
+        k_luma = cv2.resize(k_luma, (ww, hw), interpolation=cv2.INTER_AREA)
+    shape = (hw, ww)
+    t_luma = _prefill(t_luma, _hole(target_mask, shape, _PREFILL_MARGIN))
+    k_luma = _prefill(k_luma, _hole(key_mask, shape, _PREFILL_MARGIN))
+    t_hole, k_hole = _hole(target_mask, shape, _MASK_MARGIN), _hole(key_mask, shape, _MASK_MARGIN)
+
+    forward_w = complete_flow(_dis(t_luma, k_luma), ~t_hole)
+    backward_w = _dis(k_luma, t_luma)
+    # Key pixels whose match lies in the target's hole are as untrustworthy as the
+    # hole itself: complete the backward flow there too, or the consistency error
+    # would flag the whole neighbourhood of every mask.
+    lands_in_hole = warp(t_hole.astype(np.float32), backward_w, cv2.BORDER_CONSTANT) > 0
+    backward_w = complete_flow(backward_w, ~(k_hole | lands_in_hole))
+    forward, backward = _to_full(forward_w, h, w), _to_full(backward_w, h, w)
+    error = consistency_error(forward, backward)
+    log.debug("flow %dx%d at %dx%d: median |F| %.2f px, median error %.2f px",
+              w, h, ww, hw, float(np.median(np.linalg.norm(forward, axis=2))),
+              float(np.median(error)))
+    return forward.astype(np.float32), error
