@@ -53,8 +53,8 @@ DEFAULT_WORK_SIZE = 1024
 # cannot supply it, which should read as "flow useless here" to the network.
 OUT_OF_FRAME_ERROR = 1000.0
 # Pixels (at working size) by which masks grow before the flow inside is replaced:
-# DIS patches straddling the mask edge are contaminated too (MEDIUM: 12 px patches at
-# half resolution); 8 measured clean on a synthetic shift with a foreign object.
+# DIS patches straddling the mask edge are contaminated too (MEDIUM: 8 px patches at
+# half resolution, 16 px here); 8 measured clean on a synthetic shift with a foreign object.
 _MASK_MARGIN = 8
 # The inpainted area grows only a little: a larger blob of smooth inpaint would
 # itself mismatch the key's texture.

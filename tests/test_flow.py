@@ -1,0 +1,114 @@
+"""core.flow: DIS flow on a known shift, completion inside masks, consistency error."""
+
+import cv2
+import numpy as np
+import pytest
+
+from keyprop.core import flow as F
+
+H, W = 240, 320
+MARGIN = 24  # stay clear of the borders, where part of the target is not in the key
+
+
+def _texture(h, w, seed=0):
+    """Smooth random RGB texture in [0, 1], float32 (h, w, 3)."""
+    rng = np.random.default_rng(seed)
+    base = cv2.GaussianBlur(rng.random((h, w)).astype(np.float32), (0, 0), 2.0)
+    base = (base - base.min()) / (base.max() - base.min())
+    return np.dstack([base, base ** 2, 1 - base]).astype(np.float32)
+
+
+def _shifted_pair(dx, dy, seed=0):
+    """(target, key) with target(x, y) = key(x + dx, y + dy) exactly (integer shift)."""
+    big = _texture(H + 40, W + 40, seed)
+    key = big[20:20 + H, 20:20 + W]
+    target = big[20 + dy:20 + dy + H, 20 + dx:20 + dx + W]
+    return np.ascontiguousarray(target), np.ascontiguousarray(key)
+
+
+def _inner(a):
+    return a[MARGIN:-MARGIN, MARGIN:-MARGIN]
+
+
+def test_recovers_known_shift_and_warp_reproduces_target():
+    dx, dy = 5, -3
+    target, key = _shifted_pair(dx, dy)
+    flow, error = F.flow(target, key)
+    assert flow.shape == (H, W, 2) and flow.dtype == np.float32
+    assert error.shape == (H, W) and error.dtype == np.float32
+    np.testing.assert_allclose(_inner(flow[:, :, 0]), dx, atol=0.5)
+    np.testing.assert_allclose(_inner(flow[:, :, 1]), dy, atol=0.5)
+    assert np.median(_inner(error)) < 0.2
+    warped = F.warp(key, flow)
+    assert np.abs(_inner(warped - target)).mean() < 0.01
+
+
+def test_masked_region_is_completed_from_the_boundary():
+    dx, dy = 3, -2
+    target, key = _shifted_pair(dx, dy, seed=1)
+    mask = np.zeros((H, W), np.float32)
+    mask[80:160, 100:200] = 1.0
+    # Something foreign in the target's hole (the rig to remove), absent from the key.
+    target[80:160, 100:200] = 0.9
+    flow, error = F.flow(target, key, target_mask=mask)
+    hole = mask > 0
+    np.testing.assert_allclose(flow[hole], np.broadcast_to([dx, dy], flow[hole].shape), atol=0.5)
+    outside = np.ones((H, W), bool)
+    outside[80:160, 100:200] = False
+    outside &= np.pad(np.ones((H - 2 * MARGIN, W - 2 * MARGIN), bool), MARGIN)
+    np.testing.assert_allclose(flow[outside], np.broadcast_to([dx, dy], flow[outside].shape),
+                               atol=0.5)
+    assert np.percentile(error[outside], 99) < 1.0
+
+
+def test_reduced_working_size_scales_vectors_back():
+    dx, dy = 6, 4
+    target, key = _shifted_pair(dx, dy, seed=2)
+    flow, _ = F.flow(target, key, work_size=160)  # half size
+    np.testing.assert_allclose(np.median(_inner(flow), axis=(0, 1)), [dx, dy], atol=0.25)
+    np.testing.assert_allclose(_inner(flow[:, :, 0]), dx, atol=0.75)
+    np.testing.assert_allclose(_inner(flow[:, :, 1]), dy, atol=0.75)
+
+
+def test_warp_convention_integer_shift_is_exact():
+    image = _texture(20, 30)
+    flow = np.zeros((20, 30, 2), np.float32)
+    flow[:, :, 0], flow[:, :, 1] = 2, 1  # sample at (x + 2, y + 1)
+    out = F.warp(image, flow)
+    np.testing.assert_array_equal(out[:-1, :-2], image[1:, 2:])
+    assert F.warp(image[:, :, 0], flow).shape == (20, 30)
+    assert F.warp(np.dstack([image, image]), flow).shape == (20, 30, 6)
+
+
+def test_complete_flow_keeps_valid_and_fills_constant_exactly():
+    flow = np.zeros((50, 60, 2), np.float32)
+    flow[:, :, 0], flow[:, :, 1] = 1.5, -2.5
+    valid = np.ones((50, 60), bool)
+    valid[10:45, 5:40] = False
+    noisy = flow.copy()
+    noisy[~valid] = 99.0
+    done = F.complete_flow(noisy, valid)
+    np.testing.assert_array_equal(done[valid], flow[valid])
+    np.testing.assert_allclose(done[~valid], flow[~valid], atol=1e-5)
+    assert not F.complete_flow(noisy, np.zeros_like(valid)).any()
+
+
+def test_consistency_error():
+    fwd = np.zeros((30, 40, 2), np.float32)
+    fwd[:, :, 0] = 3.0
+    np.testing.assert_allclose(_inner_small(F.consistency_error(fwd, -fwd)), 0.0, atol=1e-6)
+    np.testing.assert_allclose(_inner_small(F.consistency_error(fwd, fwd)), 6.0, atol=1e-6)
+    # The rightmost pixels' matches leave the key.
+    assert (F.consistency_error(fwd, -fwd)[:, -2:] == F.OUT_OF_FRAME_ERROR).all()
+
+
+def _inner_small(a):
+    return a[5:-5, 5:-5]
+
+
+def test_size_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="key is"):
+        F.flow(np.zeros((10, 12, 3), np.float32), np.zeros((10, 13, 3), np.float32))
+    with pytest.raises(ValueError, match="target_mask"):
+        F.flow(np.zeros((10, 12, 3), np.float32), np.zeros((10, 12, 3), np.float32),
+               target_mask=np.zeros((9, 12), np.float32))
