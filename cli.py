@@ -11,6 +11,9 @@ def parse_args(argv=None):
     sub = parser.add_subparsers(dest="command")
     info = sub.add_parser("info", help="list the model presets and their sizes")
     info.add_argument("--preset", default=None, help="show one preset in detail")
+    parity = sub.add_parser("parity", help="check the paper preset against the published generator's outputs")
+    parity.add_argument("--fixtures", default=None,
+                        help="folder of NAME.json + NAME.npz cases (default: the bundled ones)")
     return parser.parse_args(argv)
 
 
@@ -28,8 +31,27 @@ def main(argv=None) -> int:
             cfg = presets.get_config(name)
             print(f"{name:8s} {presets.count_parameters(cfg) / 1e6:7.2f} M parameters  {presets.describe(name)}")
         return 0
+    if args.command == "parity":
+        return _parity(args)
     print("keyprop: no command given (try `keyprop --help`)", file=sys.stderr)
     return 2
+
+
+def _parity(args) -> int:
+    from pathlib import Path
+
+    from .core.model import parity
+
+    directory = Path(args.fixtures) if args.fixtures else parity.default_fixture_dir()
+    try:
+        results = parity.check_dir(directory)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        print(f"keyprop parity: {exc}", file=sys.stderr)
+        return 2
+    for r in results:
+        print(f"{r.case}: output max abs error {r.output_error:.2e} (tolerance {parity.OUTPUT_TOLERANCE:.0e}), "
+              f"logits {r.logits_error:.2e} (tolerance {parity.LOGITS_TOLERANCE:.0e}) -> {'OK' if r.ok else 'FAIL'}")
+    return 0 if all(r.ok for r in results) else 1
 
 
 if __name__ == "__main__":

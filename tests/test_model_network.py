@@ -114,3 +114,19 @@ def test_deformable_warp_starts_as_paper_warp_and_learns():
     warp = deform_net.blocks[0].keyframe_warp
     assert warp.control[-1].weight.grad.abs().sum() > 0
     assert warp.sample_weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("preset", ["test", "small"])
+def test_inference_rewrite_matches(preset):
+    from keyprop.core.model import prepare_for_inference
+
+    model = randomize_norms(create_model(preset)).eval()
+    fast = prepare_for_inference(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    x, srcs, flows, errs = inputs(2, 128, 136)
+    with torch.inference_mode():
+        want = model(x, srcs, flows, errs)
+        got = fast.fill(x, fast.encode_keyframes(srcs), flows, errs)
+    assert (want - got).abs().max().item() <= 1e-4
+    # The original keeps its BatchNorms (it is what gets saved and trained).
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())

@@ -169,3 +169,16 @@ def test_plain_lightning_checkpoint_with_weights_only(tmp_path):
 def test_paper_preset_is_the_reference_config():
     assert get_config("paper") == NetConfig.from_reference(PAPER_REFERENCE_CONFIG)
     assert get_config("paper").warp_kernel == 1
+
+
+@pytest.mark.parametrize("case", PARITY_CASES)
+def test_parity_of_inference_rewrite(case):
+    from keyprop.core.model import prepare_for_inference
+
+    meta, arrays = load_parity_case(case)
+    model = prepare_for_inference(load_reference(meta["config"], reference_state_dict(meta["state_dict"])))
+    with torch.inference_mode():
+        cache = model.encode_keyframes(arrays["srcs"])
+        out, logits = model.fill(arrays["input"], cache, arrays["flows"], arrays["flow_errs"], return_logits=True)
+    assert (out - arrays["output"]).abs().max().item() <= 1e-4
+    assert (logits - arrays["logits"]).abs().max().item() <= 1e-3

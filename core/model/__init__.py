@@ -18,3 +18,7 @@ __all__ = [
     "load_reference", "read_lightning_checkpoint", "state_dict_from_reference", "state_dict_to_reference",
     "to_reference_key",
 ]
+
+from .inference import fold_batchnorm, prepare_for_inference  # noqa: E402
+
+__all__ += ["fold_batchnorm", "prepare_for_inference"]

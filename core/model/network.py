@@ -183,6 +183,8 @@ class KeyPropNet(nn.Module):
     # --- the two passes -----------------------------------------------------------------
     def encode(self, frames: torch.Tensor):
         """(N, 4, H, W) -> LIF (N, C, h, w) with positions, initial latents (N, S*S, D)."""
+        if getattr(self, "channels_last", False):
+            frames = frames.contiguous(memory_format=torch.channels_last)
         return self.latent_init(self.encoder(frames))
 
     @property

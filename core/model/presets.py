@@ -52,9 +52,9 @@ def paper() -> NetConfig:
 
 @register_preset
 def small() -> NetConfig:
-    """CPU preset: half the width, 2 blocks, 3x3 deformable warp; about 1/6 of paper's time."""
-    return NetConfig(ngf=32, n_blocks=2, n_cross=2, latent_dim=256, num_heads=8, read_write_heads=8,
-                     num_latents_sqrt=16, warp_kernel=3, warp_offset_groups=8)
+    """CPU preset: 3/8 of the width, 2 blocks, one-point warp; under 1/4 of paper's time."""
+    return NetConfig(ngf=24, n_blocks=2, n_cross=2, latent_dim=192, num_heads=8, read_write_heads=8,
+                     num_latents_sqrt=16, warp_kernel=1)
 
 
 @register_preset

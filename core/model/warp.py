@@ -48,9 +48,10 @@ class KeyframeWarp(nn.Module):
             k2 = kernel * kernel
             self.offset_groups = offset_groups
             # Offset residuals (dy, dx per group and kernel point) and modulation logits.
+            # A 1x1 squeeze first: the 3x3 conv then runs on C/4 channels, not 2C+1.
             self.control = nn.Sequential(
-                nn.Conv2d(2 * channels + 1, channels // 2, 3, padding=1), nn.ReLU(inplace=True),
-                nn.Conv2d(channels // 2, 3 * offset_groups * k2, 3, padding=1))
+                nn.Conv2d(2 * channels + 1, channels // 4, 1), nn.ReLU(inplace=True),
+                nn.Conv2d(channels // 4, 3 * offset_groups * k2, 3, padding=1))
             nn.init.zeros_(self.control[-1].weight)
             nn.init.zeros_(self.control[-1].bias)
             self.sample_weight = nn.Parameter(torch.zeros(channels, channels // offset_groups, kernel, kernel))
@@ -66,16 +67,30 @@ class KeyframeWarp(nn.Module):
         err = flow_errs.reshape(b * t, 1, *flow_errs.shape[-2:])
         if err.shape[-2:] != (h, w):
             err = F.interpolate(err, size=(h, w), mode="bilinear", align_corners=True)
-        target = lif.unsqueeze(1).expand(b, t, c, h, w).reshape(b * t, c, h, w)
-
         warped = flow_warp(keys, flow)  # (B*T, C, h, w)
         if self.kernel > 1:
+            target = lif.unsqueeze(1).expand(b, t, c, h, w).reshape(b * t, c, h, w)
             warped = self._deformable_sample(keys, warped, flow, err, target)
 
-        feats = torch.cat((warped, err, target), dim=1)  # (B*T, 2C+1, h, w)
-        q = self.q(feats).reshape(b, t, c, h, w)
-        v = self.v(feats[:, : c + 1]).reshape(b, t, c, h, w)
+        q, v = self._query_value(warped, err, lif, b, t)
         return lif + (torch.softmax(q, dim=1) * v).sum(dim=1)
+
+    def _query_value(self, warped, err, lif, b, t):
+        """q = conv(q)[warped, err, target], v = conv(v)[warped, err]: each (B, T, C, h, w).
+
+        Computed by parts rather than on the concatenation: the target's share of q is the
+        same for every keyframe (computed once, not T times), the flow error is one channel
+        (a broadcast multiply), and q and v share one pass over the warped features.
+        """
+        c, h, w = lif.shape[1:]
+        wq, wv = self.q.weight[:, :, 0, 0], self.v.weight[:, :, 0, 0]  # (C, 2C+1), (C, C+1)
+        both = F.conv2d(warped, torch.cat((wq[:, :c], wv[:, :c]))[:, :, None, None])  # (B*T, 2C, h, w)
+        both = both.reshape(b, t, 2 * c, h, w)
+        err = err.reshape(b, t, 1, h, w)
+        target_q = F.conv2d(lif, wq[:, c + 1:, None, None], self.q.bias).unsqueeze(1)  # (B, 1, C, h, w)
+        q = both[:, :, :c] + err * wq[:, c].reshape(1, 1, c, 1, 1) + target_q
+        v = both[:, :, c:] + err * wv[:, c].reshape(1, 1, c, 1, 1) + self.v.bias.reshape(1, 1, c, 1, 1)
+        return q, v
 
     def _deformable_sample(self, keys, warped, flow, err, target):
         k2, g = self.kernel * self.kernel, self.offset_groups
