@@ -1,0 +1,351 @@
+"""The shot pipeline: ``propagate(shot, settings)`` fills a shot's masked regions from its keyframes.
+
+Per target frame (streamed: read, fill, write, one at a time)::
+
+    plate, mask --crop to ROI--> display-referred [0, 1] --resize--> working size
+    keyframes (encoded once per shot) --plan: nearest before/after, at most max_keys-->
+    DIS flow target->keyframe (completed in the hole) + consistency error
+    engine.fill -> fill at working size -> plate size (+ keyframe detail where the warp is
+    reliable) -> scene-linear if the plate is -> composited inside the mask only
+
+Pixels where the (dilated, feathered) mask is 0 are the plate's, bit for bit; alpha and
+other channels pass through. Outputs are written to a temporary name and renamed.
+
+Hosts call :func:`propagate` (files) or :func:`fill_frames` (arrays in memory).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field, fields
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
+
+import cv2
+import numpy as np
+
+from . import color, io
+from . import flow as flowlib
+from .errors import KeypropInputError
+from .roi import ROI, mask_bbox, plan_roi, union_bbox
+from .shot import Shot, expand, plan_keyframes, scan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Settings:
+    """What a run may change; the CLI's flags and a job YAML's keys have these names."""
+
+    model: Optional[str] = None      # keyprop .pt file; None = the shipped default model
+    backend: str = "torch"           # 'torch' or 'onnx'
+    device: str = "auto"             # 'auto', 'cpu' or 'cuda'
+    dilate: int = 0                  # grow the mask by this many pixels before compositing
+    feather: float = 0.0             # soften the composite edge (pixels, Gaussian sigma)
+    max_keys: int = 2                # keyframes that serve one target (nearest first)
+    work_res: int = 640              # long side of the ROI at the network
+    margin: float = 0.5              # context around the masks' bounding box, fraction of its size
+    linear: Optional[bool] = None    # plate is scene-linear; None = EXR/float linear, integers display
+    detail: bool = True              # restore plate-resolution keyframe detail where the ROI was downscaled
+    threads: Optional[int] = None    # CPU threads for the engine (None = all)
+
+    @classmethod
+    def from_mapping(cls, data: dict, where: str = "settings") -> "Settings":
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise KeypropInputError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}",
+                                    where)
+        return cls(**data)
+
+
+# --- progress -----------------------------------------------------------------------------
+
+@dataclass
+class FrameEvent:
+    frame: int
+    status: str          # 'filled', 'keyframe', 'passthrough' (empty mask), 'skipped' (resume)
+    done: int
+    total: int
+    seconds: float
+    path: str = ""
+
+
+ProgressFn = Callable[[FrameEvent], None]
+
+
+@dataclass
+class Result:
+    frames: List[int] = field(default_factory=list)
+    statuses: Dict[int, str] = field(default_factory=dict)
+    cancelled: bool = False
+    model_info: Dict = field(default_factory=dict)
+    roi: Optional[ROI] = None
+
+
+# --- masks ----------------------------------------------------------------------------------
+
+def composite_alpha(mask: np.ndarray, dilate: int, feather: float) -> np.ndarray:
+    """Per-pixel blend weight of the fill: the mask, grown by ``dilate`` px, softened by ``feather``.
+
+    Zero exactly wherever the grown, softened mask does not reach, so those pixels stay
+    the plate's bit for bit. Never below the mask itself.
+    """
+    alpha = np.clip(mask, 0.0, 1.0).astype(np.float32)
+    if dilate > 0:
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * dilate + 1, 2 * dilate + 1))
+        alpha = cv2.dilate(alpha, kernel)
+    if feather > 0:
+        radius = int(np.ceil(2.5 * feather))
+        soft = cv2.GaussianBlur(alpha, (2 * radius + 1, 2 * radius + 1), feather, borderType=cv2.BORDER_REPLICATE)
+        alpha = np.maximum(alpha, soft)
+    return alpha
+
+
+def network_hole(mask: np.ndarray, dilate: int) -> np.ndarray:
+    """Binary hole the network is told about: any non-zero mask pixel, grown a little.
+
+    Slightly larger than the composite region so the network never sees half-masked
+    object edges as valid content.
+    """
+    hole = (mask > 0).astype(np.uint8)
+    grow = dilate + 2
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))
+    return cv2.dilate(hole, kernel).astype(np.float32)
+
+
+# --- the per-shot filler --------------------------------------------------------------------
+
+def _rgb3(pixels: np.ndarray) -> np.ndarray:
+    """(H, W, C) plate pixels -> (H, W, 3) colour (grey replicated, alpha dropped)."""
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    if pixels.shape[2] == 1:
+        return np.repeat(pixels, 3, axis=2)
+    return pixels[:, :, :3]
+
+
+class ShotFiller:
+    """Fills targets of one shot at one ROI against keyframes encoded once (lazily).
+
+    ``key_loader(frame) -> (H, W, C)`` plate-valued keyframe pixels; ``linear`` says
+    whether pixel values are scene-linear (converted to display for the network).
+    """
+
+    def __init__(self, engine, roi: ROI, settings: Settings, linear: bool,
+                 key_loader: Callable[[int], np.ndarray]):
+        self.engine, self.roi, self.settings, self.linear = engine, roi, settings, linear
+        self.key_loader = key_loader
+        self._keys: Dict[int, tuple] = {}
+
+    def _display(self, pixels: np.ndarray) -> np.ndarray:
+        rgb = _rgb3(pixels).astype(np.float32)
+        rgb = color.to_display(rgb) if self.linear else rgb
+        return np.clip(rgb, 0.0, 1.0).astype(np.float32)
+
+    def keyframe(self, frame: int):
+        """(handle, working display RGB, ROI display RGB at plate size) of a keyframe, cached."""
+        if frame not in self._keys:
+            crop = self._display(self.roi.crop(self.key_loader(frame)))
+            work = self.roi.to_work(crop)
+            net_in = np.concatenate((work.transpose(2, 0, 1), np.zeros((1,) + work.shape[:2], np.float32)))
+            self._keys[frame] = (self.engine.encode_keyframe(net_in), work, crop)
+            log.debug("encoded keyframe %d at %dx%d", frame, work.shape[1], work.shape[0])
+        return self._keys[frame]
+
+    def fill(self, pixels: np.ndarray, mask: np.ndarray, key_frames: Sequence[int]) -> np.ndarray:
+        """Composite the network's fill into ``pixels`` (H, W, C) where ``mask`` (H, W) says.
+
+        Returns a new array; pixels with zero composite weight are copied unchanged.
+        """
+        roi, s = self.roi, self.settings
+        hole_roi = network_hole(roi.crop(mask), s.dilate)
+        target = roi.to_work(self._display(roi.crop(pixels)))
+        hole = (roi.to_work(hole_roi) > 0).astype(np.float32)
+        target = target * (1.0 - hole[:, :, None])
+        keys = [self.keyframe(k) for k in key_frames]
+        flows, errs = [], []
+        for _, key_work, _ in keys:
+            f, e = flowlib.flow(target, key_work, target_mask=hole, key_mask=None,
+                                work_size=max(roi.work_h, roi.work_w))
+            flows.append(f.transpose(2, 0, 1))
+            errs.append(e[None])
+        net_in = np.concatenate((target.transpose(2, 0, 1), hole[None]))
+        fill = self.engine.fill(net_in, [k[0] for k in keys], np.stack(flows), np.stack(errs))  # (3, h, w)
+        fill = roi.to_plate(np.ascontiguousarray(fill.transpose(1, 2, 0)))
+        if s.detail and roi.scale < 0.999:
+            fill = self._restore_detail(fill, keys[0][2], flows[0], errs[0][0])
+        fill = np.clip(fill, 0.0, 1.0)
+        if self.linear:
+            fill = color.to_linear(fill).astype(np.float32)
+        return self._composite(pixels, fill, composite_alpha(roi.crop(mask), s.dilate, s.feather))
+
+    def _restore_detail(self, fill, key_plate, flow_work, err_work):
+        """Add the nearest keyframe's high frequencies, warped at plate resolution, where flow agrees."""
+        roi = self.roi
+        flow_plate = roi.flow_to_plate(np.ascontiguousarray(flow_work.transpose(1, 2, 0)))
+        warped = flowlib.warp(key_plate, flow_plate)
+        sigma = 0.6 / roi.scale
+        detail = warped - cv2.GaussianBlur(warped, (0, 0), sigma)
+        reliable = np.exp(-roi.to_plate(err_work.astype(np.float32)))[:, :, None]  # error in working pixels
+        return fill + reliable * detail
+
+    def _composite(self, pixels, fill, alpha):
+        roi = self.roi
+        out = pixels.copy()
+        region = out[roi.y0:roi.y1, roi.x0:roi.x1]
+        a = alpha[:, :, None]
+        if region.ndim == 2 or region.shape[2] == 1:
+            fill = fill.mean(axis=2, keepdims=True)
+            target = region if region.ndim == 3 else region[:, :, None]
+            blended = np.where(a > 0, target * (1 - a) + fill * a, target)
+            region[...] = blended if region.ndim == 3 else blended[:, :, 0]
+        else:
+            rgb = region[:, :, :3]
+            region[:, :, :3] = np.where(a > 0, rgb * (1 - a) + fill * a, rgb)
+        return out
+
+
+# --- files ----------------------------------------------------------------------------------
+
+def _shot_roi(shot: Shot, frames_all: Sequence[int], size, engine, settings: Settings) -> Optional[ROI]:
+    """The ROI of the whole plate range (not just this chunk): chunks must agree."""
+    boxes = []
+    for frame in frames_all:
+        mask = io.read_mask(expand(shot.mask, frame))
+        if mask.shape != tuple(size):
+            raise KeypropInputError(f"mask frame {frame} is {mask.shape[1]}x{mask.shape[0]}, expected "
+                                    f"{size[1]}x{size[0]} like the plate", expand(shot.mask, frame))
+        if (mask > 0).all():
+            raise KeypropInputError(f"mask frame {frame} covers the whole frame: nothing is left to align "
+                                    "the keyframes to", expand(shot.mask, frame))
+        boxes.append(mask_bbox(mask))
+    bbox = union_bbox(boxes)
+    if bbox is None:
+        return None
+    grow = settings.dilate + int(np.ceil(2.5 * settings.feather)) + 2
+    bbox = (max(0, bbox[0] - grow), max(0, bbox[1] - grow), min(size[0], bbox[2] + grow),
+            min(size[1], bbox[3] + grow))
+    return plan_roi(bbox, size, settings.work_res, engine.stride, settings.margin)
+
+
+def _match_channels(pixels: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """Keyframe pixels shaped like the plate's: plate alpha/extra channels where the key lacks them."""
+    if pixels.shape[2] == like.shape[2]:
+        return pixels
+    if like.shape[2] == 1:
+        return pixels[:, :, :3].mean(axis=2, keepdims=True)
+    out = like.copy()
+    out[:, :, :3] = _rgb3(pixels)
+    return out
+
+
+def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
+              progress: Optional[ProgressFn] = None, cancel: Optional[threading.Event] = None,
+              resume: bool = False, overwrite: bool = False) -> Result:
+    """Fill every frame of ``shot`` in its range; write ``shot.out`` frames.
+
+    Raises KeypropInputError (one line naming the file or frame) for bad input before any
+    output is written where it can be detected up front (patterns, missing frames, sizes,
+    unreadable masks, no keyframe, existing outputs). ``cancel`` (an Event) stops between
+    frames; finished frames stay. ``resume`` keeps existing output frames; ``overwrite``
+    replaces them; with neither, existing outputs are an error.
+    """
+    from .runtime import create_engine
+
+    settings = settings or Settings()
+    size = shot.validate()
+    frames = shot.frames()
+    key_frames = shot.key_frames()
+    plate_frames = scan(shot.plate)
+    plate_set = set(plate_frames)
+    stray = [k for k in key_frames if k not in plate_set]
+    if stray:
+        raise KeypropInputError(f"keyframe {stray[0]} has no plate frame (plate frames {plate_frames[0]}-"
+                                f"{plate_frames[-1]})", expand(shot.keys, stray[0]))
+    extra = [m for m in scan(shot.mask) if m not in plate_set]
+    if extra:
+        raise KeypropInputError(f"mask frame {extra[0]} has no plate frame: mask and plate sequences differ",
+                                expand(shot.mask, extra[0]))
+    existing = [f for f in frames if os.path.exists(expand(shot.out, f))]
+    if existing and not (resume or overwrite):
+        raise KeypropInputError(f"{len(existing)} output frame(s) exist already (first: frame {existing[0]}); "
+                                "use --resume to keep them or --overwrite to replace them",
+                                expand(shot.out, existing[0]))
+    if engine is None:
+        engine = create_engine(settings.backend, settings.model, settings.device, settings.threads)
+    mask_frames = [f for f in plate_frames if os.path.exists(expand(shot.mask, f))]
+    roi = _shot_roi(shot, mask_frames, size, engine, settings)
+    result = Result(model_info=dict(engine.model_info), roi=roi)
+    if roi is None:
+        log.warning("every mask of the shot is empty: frames pass through unchanged")
+    first_plate = io.read_image(expand(shot.plate, frames[0]))
+    linear = settings.linear if settings.linear is not None else color.is_linear_by_default(first_plate.format)
+    filler = ShotFiller(engine, roi, settings, linear,
+                        key_loader=lambda k: io.read_image(expand(shot.keys, k)).pixels) if roi else None
+    keys_set = set(key_frames)
+    total, done = len(frames), 0
+    for frame in frames:
+        if cancel is not None and cancel.is_set():
+            result.cancelled = True
+            log.info("cancelled after %d of %d frames", done, total)
+            break
+        t0 = time.perf_counter()
+        out_path = expand(shot.out, frame)
+        if resume and os.path.exists(out_path):
+            status = "skipped"
+        else:
+            plate = first_plate if frame == frames[0] else io.read_image(expand(shot.plate, frame))
+            if frame in keys_set:
+                status = "keyframe"
+                pixels = _match_channels(io.read_image(expand(shot.keys, frame)).pixels, plate.pixels)
+            else:
+                mask = io.read_mask(expand(shot.mask, frame))
+                if filler is None or not (mask > 0).any():
+                    status, pixels = "passthrough", plate.pixels
+                    log.info("frame %d: empty mask, plate passed through", frame)
+                else:
+                    status = "filled"
+                    plan = plan_keyframes(frame, key_frames, settings.max_keys)
+                    pixels = filler.fill(plate.pixels, mask, plan)
+            io.write_image(out_path, pixels, like=plate.format)
+        done += 1
+        result.frames.append(frame)
+        result.statuses[frame] = status
+        if progress is not None:
+            progress(FrameEvent(frame, status, done, total, time.perf_counter() - t0, out_path))
+    return result
+
+
+# --- in memory ------------------------------------------------------------------------------
+
+def fill_frames(frames: Sequence[np.ndarray], masks: Sequence[np.ndarray], key_indices: Iterable[int], engine,
+                settings: Optional[Settings] = None, linear: bool = False) -> List[np.ndarray]:
+    """Fill a shot held in memory: the same pixels :func:`propagate` writes for it.
+
+    Args:
+        frames: (H, W, C) float32 frames (display-referred [0, 1] unless ``linear``).
+        masks: (H, W) float32, 1 = fill.
+        key_indices: indices of ``frames`` that are clean keyframes (returned unchanged).
+        engine: from ``core.runtime.create_engine``.
+    """
+    settings = settings or Settings()
+    keys = sorted(set(int(k) for k in key_indices))
+    if not keys:
+        raise ValueError("fill_frames needs at least one keyframe index")
+    size = frames[0].shape[:2]
+    bbox = union_bbox(mask_bbox(m) for m in masks)
+    if bbox is None:
+        return [f.copy() for f in frames]
+    grow = settings.dilate + int(np.ceil(2.5 * settings.feather)) + 2
+    bbox = (max(0, bbox[0] - grow), max(0, bbox[1] - grow), min(size[0], bbox[2] + grow), min(size[1], bbox[3] + grow))
+    roi = plan_roi(bbox, size, settings.work_res, engine.stride, settings.margin)
+    filler = ShotFiller(engine, roi, settings, linear, key_loader=lambda k: frames[k])
+    out = []
+    for i, (pixels, mask) in enumerate(zip(frames, masks)):
+        if i in keys or not (mask > 0).any():
+            out.append(pixels.copy())
+        else:
+            out.append(filler.fill(pixels, mask, plan_keyframes(i, keys, settings.max_keys)))
+    return out

@@ -1,0 +1,152 @@
+"""Engines: one small interface the shot pipeline calls, with a PyTorch implementation here.
+
+An engine runs the network on prepared tensors (the pipeline does files, colour, ROI and
+flow). Its two calls match the keyframe cache: ``encode_keyframe`` once per keyframe,
+``fill`` once per target against the handles of the keyframes that serve it.
+
+Array conventions (numpy float32, channels first, one frame, H and W multiples of
+``engine.stride``):
+
+- frame ``(4, H, W)``: display-referred RGB in [0, 1] with the hole set to 0, then the
+  hole mask (1 = fill).
+- flows ``(T, 2, H, W)``: per keyframe, pixel displacement (x, y) at which to sample the
+  keyframe for each target pixel; flow_errs ``(T, 1, H, W)`` their consistency error.
+- ``fill`` returns ``(3, H, W)`` RGB in [0, 1], the network's output for every pixel
+  (the pipeline composites it inside the mask only).
+
+The ONNX Runtime engine (export/) implements the same interface.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional, Protocol, Sequence, Union
+
+import numpy as np
+import torch
+
+from .model import KeyframeCache, KeyPropNet, create_model, load_checkpoint, prepare_for_inference
+
+log = logging.getLogger(__name__)
+
+
+class KeyHandle(Protocol):
+    """What an engine returns for one encoded keyframe; opaque to the pipeline."""
+
+    size: tuple
+
+
+class Engine(Protocol):
+    name: str            # 'torch' or 'onnx'
+    device: str          # 'cpu' or 'cuda'
+    stride: int          # H and W must be multiples of this
+    model_info: Dict[str, Any]  # preset, origin, hash: said to the user and written in metadata
+
+    def encode_keyframe(self, frame: np.ndarray) -> KeyHandle: ...
+
+    def fill(self, target: np.ndarray, keys: Sequence[KeyHandle], flows: np.ndarray,
+             flow_errs: np.ndarray) -> np.ndarray: ...
+
+
+def file_hash(path: Union[str, os.PathLike], length: int = 12) -> str:
+    """Short sha256 of a file, to name a model in logs, metadata and caches."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:length]
+
+
+def default_model_path() -> Path:
+    """The model file shipped with keyprop (see models/README.md)."""
+    return Path(__file__).resolve().parent.parent / "models" / "default.pt"
+
+
+def resolve_model(spec: Optional[str]) -> Path:
+    """``None``/'default' -> the shipped model; otherwise a path to a keyprop .pt file."""
+    if spec in (None, "", "default"):
+        return default_model_path()
+    return Path(spec).expanduser()
+
+
+def load_model(spec: Optional[str]) -> KeyPropNet:
+    """A model from a path or 'default', or a preset name with random weights ('preset:NAME', for tests)."""
+    if spec and spec.startswith("preset:"):
+        return create_model(spec.split(":", 1)[1])
+    path = resolve_model(spec)
+    model = load_checkpoint(path)
+    model.model_hash = file_hash(path)
+    model.model_path = str(path)
+    return model
+
+
+def pick_device(device: str) -> str:
+    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'. 'cuda' without a GPU is an error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is visible to torch")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {device!r} (expected auto, cpu or cuda)")
+    return device
+
+
+@dataclass
+class TorchKeyHandle:
+    cache: KeyframeCache
+
+    @property
+    def size(self):
+        return self.cache.size
+
+
+class TorchEngine:
+    """Runs a KeyPropNet in PyTorch (inference copy: BatchNorm folded, channels_last on CPU)."""
+
+    name = "torch"
+
+    def __init__(self, model: KeyPropNet, device: str = "auto", threads: Optional[int] = None):
+        self.device = pick_device(device)
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.model = prepare_for_inference(model, channels_last=self.device == "cpu").to(self.device)
+        self.stride = model.cfg.stride
+        provenance = getattr(model, "provenance", None)
+        self.model_info = {
+            "preset": getattr(model, "preset", "custom"),
+            "origin": getattr(provenance, "origin", "unknown"),
+            "hash": getattr(model, "model_hash", None),
+            "path": getattr(model, "model_path", None),
+        }
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(self.device)
+
+    def encode_keyframe(self, frame: np.ndarray) -> TorchKeyHandle:
+        with torch.inference_mode():
+            return TorchKeyHandle(self.model.encode_keyframes(self._tensor(frame)[None, None]))
+
+    def fill(self, target: np.ndarray, keys: Sequence[TorchKeyHandle], flows: np.ndarray,
+             flow_errs: np.ndarray) -> np.ndarray:
+        if not keys:
+            raise ValueError("fill needs at least one keyframe")
+        with torch.inference_mode():
+            cache = KeyframeCache.cat([k.cache for k in keys])
+            out = self.model.fill(self._tensor(target)[None], cache, self._tensor(flows)[None],
+                                  self._tensor(flow_errs)[None])
+        return out[0].float().cpu().numpy()
+
+
+def create_engine(backend: str = "torch", model: Optional[str] = None, device: str = "auto",
+                  threads: Optional[int] = None) -> Engine:
+    """The engine for ``--backend`` ('torch' or 'onnx') running ``--model`` on ``--device``."""
+    if backend == "torch":
+        return TorchEngine(load_model(model), device=device, threads=threads)
+    if backend == "onnx":
+        from ..export.engine import OnnxEngine  # noqa: WPS433 (optional dependency)
+
+        return OnnxEngine(model=model, device=device, threads=threads)
+    raise ValueError(f"unknown backend {backend!r} (expected torch or onnx)")
