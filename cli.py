@@ -14,6 +14,10 @@ def parse_args(argv=None):
     parity = sub.add_parser("parity", help="check the paper preset against the published generator's outputs")
     parity.add_argument("--fixtures", default=None,
                         help="folder of NAME.json + NAME.npz cases (default: the bundled ones)")
+    from .core.training import cli as training_cli
+    training_cli.add_parser(sub)
+    from .core import run_cli
+    run_cli.add_parsers(sub)
     return parser.parse_args(argv)
 
 
@@ -33,6 +37,12 @@ def main(argv=None) -> int:
         return 0
     if args.command == "parity":
         return _parity(args)
+    if args.command in ("train", "finetune"):
+        from .core.training import cli as training_cli
+        return training_cli.run(args)
+    if args.command in ("run", "demo"):
+        from .core import run_cli
+        return run_cli.main_guarded(args)
     print("keyprop: no command given (try `keyprop --help`)", file=sys.stderr)
     return 2
 

@@ -93,6 +93,7 @@ def create_model(name: str, checkpoint: Optional[Union[str, os.PathLike]] = None
     cfg = get_config(name)
     if checkpoint is None:
         model = KeyPropNet(cfg)
+        model.preset = name
         model.provenance = Provenance(origin="random-init")
         return model.eval()
     model = load_checkpoint(checkpoint)

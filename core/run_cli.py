@@ -1,0 +1,220 @@
+"""`keyprop run` and `keyprop demo`: the shot pipeline from the command line.
+
+    keyprop run --plate P --mask P --keys P --out P [--frames A-B] [--model M] ...
+    keyprop run job.yaml            # the same settings as keys of a YAML mapping
+
+Exit codes: 0 done, 2 bad input (one line on stderr), 130 stopped by Ctrl-C (whole frames
+kept), 1 anything else.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from .api import FrameEvent, Settings, propagate
+from .errors import KeypropInputError
+from .shot import Shot
+
+SAMPLE_DIR = Path(__file__).resolve().parent.parent / "samples" / "shot"
+
+RUN_KEYS = {"plate", "mask", "keys", "out", "frames", "progress", "resume", "overwrite"}
+
+
+def add_parsers(sub) -> None:
+    run = sub.add_parser("run", help="fill a shot's masked regions from its keyframes")
+    run.add_argument("job", nargs="?", help="a job YAML with the same settings as the flags (flags win)")
+    run.add_argument("--plate", help="plate frames, e.g. plate.%%04d.exr or plate.####.exr")
+    run.add_argument("--mask", help="mask frames, white where to fill")
+    run.add_argument("--keys", help="clean keyframes: every frame present is a keyframe")
+    run.add_argument("--out", help="output frames pattern")
+    _add_common(run)
+    demo = sub.add_parser("demo", help="fill the bundled sample shot with the default model")
+    demo.add_argument("--out", default="keyprop_demo", help="output folder (default: ./keyprop_demo)")
+    _add_common(demo)
+
+
+def _add_common(p) -> None:
+    p.add_argument("--frames", help="frame range A-B (inclusive; one frame: A or A-A)")
+    p.add_argument("--model", help="keyprop model file (default: the shipped model)")
+    p.add_argument("--backend", choices=["torch", "onnx"])
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--dilate", type=int, help="grow the mask by PX pixels (default 0)")
+    p.add_argument("--feather", type=float, help="soften the fill's edge by PX pixels (default 0)")
+    p.add_argument("--max-keys", type=int, dest="max_keys", help="keyframes per target (default 2)")
+    p.add_argument("--work-res", type=int, dest="work_res", help="network resolution, ROI long side (default 640)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: all)")
+    p.add_argument("--linear", choices=["auto", "yes", "no"], help="plate is scene-linear (default: EXR/float yes)")
+    p.add_argument("--progress", choices=["bar", "json", "none"], help="default: bar on a terminal, else none")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", default=None, help="keep finished output frames")
+    mode.add_argument("--overwrite", action="store_true", default=None, help="replace existing output frames")
+    p.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+
+
+def parse_frames(text) -> tuple:
+    """'A-B', 'A' -> (A, B). Negative frame numbers are allowed ('-5--1')."""
+    text = str(text).strip()
+    try:
+        if "-" in text[1:]:
+            cut = text.index("-", 1)
+            first, last = int(text[:cut]), int(text[cut + 1:])
+        else:
+            first = last = int(text)
+    except ValueError:
+        raise KeypropInputError(f"--frames {text!r}: expected A-B (e.g. 1001-1100) or one frame") from None
+    if first > last:
+        raise KeypropInputError(f"--frames {text!r}: first frame after last")
+    return first, last
+
+
+def _job_values(args) -> dict:
+    """Settings from the YAML job (if any), overridden by flags given on the command line."""
+    values = {}
+    if getattr(args, "job", None):
+        path = Path(args.job)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except OSError as exc:
+            raise KeypropInputError(f"cannot read the job file ({exc.strerror})", path) from None
+        except yaml.YAMLError as exc:
+            raise KeypropInputError(f"not valid YAML ({str(exc).splitlines()[0]})", path) from None
+        if not isinstance(data, dict):
+            raise KeypropInputError("a job file must be a mapping of settings", path)
+        base = path.parent
+        for key in ("plate", "mask", "keys", "out", "model"):  # relative paths are relative to the job file
+            value = data.get(key)
+            if isinstance(value, str) and value not in ("default",) and not value.startswith("preset:") \
+                    and not os.path.isabs(value):
+                data[key] = str(base / value)
+        values.update({k.replace("-", "_"): v for k, v in data.items()})
+    for key, value in vars(args).items():
+        if key in ("job", "command", "verbose", "version") or value is None:
+            continue
+        values[key] = value
+    return values
+
+
+def _settings_and_shot(values: dict):
+    run = {k: values.pop(k) for k in list(values) if k in RUN_KEYS}
+    linear = values.pop("linear", None)
+    if linear is not None and not isinstance(linear, bool):
+        linear = {"auto": None, "yes": True, "no": False}[linear]
+    settings = Settings.from_mapping({**values, "linear": linear})
+    missing = [k for k in ("plate", "mask", "keys", "out") if not run.get(k)]
+    if missing:
+        raise KeypropInputError(f"missing {', '.join('--' + m for m in missing)} (or the same keys in a job YAML)")
+    first = last = None
+    if run.get("frames") is not None:
+        first, last = parse_frames(run["frames"])
+    shot = Shot(str(run["plate"]), str(run["mask"]), str(run["keys"]), str(run["out"]), first, last)
+    return settings, shot, run
+
+
+class ProgressPrinter:
+    """'bar': one updating line on stderr with frames, fps and ETA; 'json': a JSON line per frame."""
+
+    def __init__(self, mode: str, stream_bar=sys.stderr, stream_json=sys.stdout):
+        self.mode, self.bar_out, self.json_out = mode, stream_bar, stream_json
+        self.started = time.perf_counter()
+
+    def __call__(self, ev: FrameEvent) -> None:
+        elapsed = time.perf_counter() - self.started
+        eta = elapsed / ev.done * (ev.total - ev.done) if ev.done else 0.0
+        if self.mode == "json":
+            record = {"event": "frame", "frame": ev.frame, "status": ev.status, "done": ev.done,
+                      "total": ev.total, "seconds": round(ev.seconds, 3), "eta": round(eta, 1), "path": ev.path}
+            print(json.dumps(record), file=self.json_out, flush=True)
+        elif self.mode == "bar":
+            width = 30
+            filled = int(width * ev.done / max(ev.total, 1))
+            line = (f"\r[{'#' * filled}{'.' * (width - filled)}] {ev.done}/{ev.total} frames  "
+                    f"frame {ev.frame} {ev.status:11s} {ev.seconds:5.1f}s  ETA {eta:5.0f}s")
+            print(line, end="" if ev.done < ev.total else "\n", file=self.bar_out, flush=True)
+
+    def finish(self) -> None:
+        if self.mode == "bar":
+            print(file=self.bar_out, flush=True)
+
+
+def run_shot(values: dict, verbose: bool = False) -> int:
+    settings, shot, run = _settings_and_shot(values)
+    mode = run.get("progress") or ("bar" if sys.stderr.isatty() else "none")
+    printer = ProgressPrinter(mode)
+    cancel = threading.Event()
+
+    def on_sigint(signum, frame):
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        cancel.set()
+        print("\nkeyprop: stopping after the current frame (Ctrl-C again to abort now)", file=sys.stderr,
+              flush=True)
+
+    previous = signal.signal(signal.SIGINT, on_sigint) if threading.current_thread() is threading.main_thread() \
+        else None
+    try:
+        result = propagate(shot, settings, progress=printer, cancel=cancel, resume=bool(run.get("resume")),
+                           overwrite=bool(run.get("overwrite")))
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    info = result.model_info
+    model_name = info.get("path") or "preset " + str(info.get("preset"))
+    summary = {"event": "done", "frames": len(result.frames), "cancelled": result.cancelled,
+               "model": model_name, "model_hash": info.get("hash"), "preset": info.get("preset"),
+               "filled": sum(s == "filled" for s in result.statuses.values()),
+               "passthrough": sum(s == "passthrough" for s in result.statuses.values())}
+    if mode == "json":
+        print(json.dumps(summary), flush=True)
+    else:
+        roi = result.roi
+        where = f", ROI {roi.width}x{roi.height} at {roi.work_w}x{roi.work_h}" if roi else ""
+        print(f"keyprop: {summary['frames']} frame(s) written to {os.path.dirname(shot.out) or '.'} with model "
+              f"{model_name} ({info.get('preset')}, {info.get('origin')}){where}"
+              + (" - stopped early" if result.cancelled else ""), file=sys.stderr)
+        if summary["passthrough"]:
+            print(f"keyprop: {summary['passthrough']} frame(s) had an empty mask and were passed through",
+                  file=sys.stderr)
+    return 130 if result.cancelled else 0
+
+
+def run_command(args) -> int:
+    if args.command == "demo":
+        out_dir = Path(args.out)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        values = _job_values(argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "out"}))
+        values.update(plate=str(SAMPLE_DIR / "plate.####.png"), mask=str(SAMPLE_DIR / "mask.####.png"),
+                      keys=str(SAMPLE_DIR / "keys.####.png"), out=str(out_dir / "fill.####.png"))
+        if values.get("resume") is None and values.get("overwrite") is None:
+            values["overwrite"] = True  # the demo's own folder: rerunning replaces it
+        return run_shot(values, args.verbose)
+    return run_shot(_job_values(args), args.verbose)
+
+
+def configure_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="keyprop: %(message)s")
+
+
+def main_guarded(args) -> int:
+    """Run with keyprop's error contract: one line on stderr, exit 2 for bad input."""
+    configure_logging(getattr(args, "verbose", False))
+    try:
+        return run_command(args)
+    except KeypropInputError as exc:
+        print(f"keyprop: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"keyprop: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("keyprop: aborted", file=sys.stderr)
+        return 130

@@ -1,0 +1,246 @@
+"""The shot pipeline and `keyprop run`: real files of every format, chunks, resume, bad input."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from keyprop import cli
+from keyprop.core import io
+from keyprop.core.api import Settings, fill_frames, propagate
+from keyprop.core.runtime import create_engine
+from keyprop.core.shot import Shot
+
+H, W, N, FIRST = 96, 136, 4, 101
+MODEL = "preset:test"
+
+
+def scene(frame, channels=3):
+    """A smooth textured background panning 2 px/frame, with a dark bar (the rig) on it."""
+    rng = np.random.default_rng(3)
+    strip = cv2.GaussianBlur(rng.random((H, W + 40, 3)).astype(np.float32), (0, 0), 2.0)
+    strip = (strip - strip.min()) / (strip.max() - strip.min())
+    clean = np.ascontiguousarray(strip[:, 2 * frame:2 * frame + W])
+    plate = clean.copy()
+    mask = np.zeros((H, W), np.float32)
+    x = 30 + 12 * frame
+    mask[20:80, x:x + 10] = 1.0
+    plate[mask > 0] = 0.05
+    if channels == 4:
+        alpha = np.linspace(0.2, 1.0, W, dtype=np.float32)[None, :].repeat(H, 0)[:, :, None]
+        plate, clean = np.concatenate((plate, alpha), 2), np.concatenate((clean, alpha), 2)
+    if channels == 1:
+        plate, clean = plate.mean(2, keepdims=True), clean.mean(2, keepdims=True)
+    return plate, clean, mask
+
+
+def write_shot(root: Path, ext=".png", dtype=None, channels=3, linear_scale=1.0, keys=(0, N - 1)):
+    like = io.ImageFormat(ext, dtype or ("uint8" if ext in (".png", ".jpg", ".tif") else "float32"), channels)
+    for i in range(N):
+        plate, clean, mask = scene(i, channels)
+        f = FIRST + i
+        io.write_image(root / f"plate.{f:04d}{ext}", plate * linear_scale if ext == ".exr" else plate, like=like)
+        io.write_image(root / f"mask.{f:04d}.png", mask, like=io.ImageFormat(".png", "uint8", 1))
+        if i in keys:
+            io.write_image(root / f"key.{f:04d}{ext}", clean * linear_scale if ext == ".exr" else clean, like=like)
+    return Shot(str(root / f"plate.####{ext}"), str(root / "mask.####.png"), str(root / f"key.####{ext}"),
+                str(root / "out" / f"fill.####{ext}"))
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return create_engine("torch", model=MODEL, threads=2)
+
+
+FORMATS = [(".png", "uint8", 3), (".png", "uint16", 3), (".png", "uint16", 4), (".png", "uint8", 1),
+           (".tif", "uint8", 3), (".tif", "uint16", 3), (".tif", "float32", 3),
+           (".exr", "float16", 4), (".exr", "float32", 3)]
+
+
+@pytest.mark.parametrize("ext,dtype,channels", FORMATS)
+def test_outside_mask_is_the_plate_bit_for_bit(tmp_path, engine, ext, dtype, channels):
+    shot = write_shot(tmp_path, ext, dtype, channels, linear_scale=4.0)
+    (tmp_path / "out").mkdir()
+    result = propagate(shot, Settings(model=MODEL), engine=engine)
+    assert result.statuses == {101: "keyframe", 102: "filled", 103: "filled", 104: "keyframe"}
+    for f in (102, 103):
+        plate = io.read_image(tmp_path / f"plate.{f:04d}{ext}")
+        out = io.read_image(tmp_path / "out" / f"fill.{f:04d}{ext}")
+        assert out.format.dtype == plate.format.dtype and out.format.channels == plate.format.channels
+        mask = io.read_mask(tmp_path / f"mask.{f:04d}.png")
+        outside = mask == 0
+        assert np.array_equal(out.pixels[outside], plate.pixels[outside])
+        assert not np.array_equal(out.pixels[~outside], plate.pixels[~outside])  # something was filled
+        if channels == 4:  # alpha passes through everywhere
+            assert np.array_equal(out.pixels[..., 3], plate.pixels[..., 3])
+    # Keyframe frames are output as the keyframes.
+    key = io.read_image(tmp_path / f"key.0101{ext}")
+    assert np.array_equal(io.read_image(tmp_path / "out" / f"fill.0101{ext}").pixels, key.pixels)
+
+
+def test_chunks_equal_full_run(tmp_path, engine):
+    shot = write_shot(tmp_path)
+    full_dir, chunk_dir = tmp_path / "full", tmp_path / "chunk"
+    full_dir.mkdir(), chunk_dir.mkdir()
+    propagate(Shot(shot.plate, shot.mask, shot.keys, str(full_dir / "f.####.png")), Settings(model=MODEL),
+              engine=engine)
+    for first, last in ((101, 102), (103, 103), (104, 104)):
+        propagate(Shot(shot.plate, shot.mask, shot.keys, str(chunk_dir / "f.####.png"), first, last),
+                  Settings(model=MODEL), engine=engine)
+    for f in range(101, 105):
+        a = cv2.imread(str(full_dir / f"f.{f:04d}.png"), cv2.IMREAD_UNCHANGED)
+        b = cv2.imread(str(chunk_dir / f"f.{f:04d}.png"), cv2.IMREAD_UNCHANGED)
+        assert np.array_equal(a, b), f"frame {f} differs between chunk and full run"
+
+
+def test_fill_frames_in_memory_matches_files(tmp_path, engine):
+    shot = write_shot(tmp_path)
+    (tmp_path / "out").mkdir()
+    propagate(shot, Settings(model=MODEL), engine=engine)
+    frames = [io.read_image(tmp_path / f"plate.{FIRST + i:04d}.png").pixels for i in range(N)]
+    frames[0] = io.read_image(tmp_path / "key.0101.png").pixels
+    frames[-1] = io.read_image(tmp_path / "key.0104.png").pixels
+    masks = [io.read_mask(tmp_path / f"mask.{FIRST + i:04d}.png") for i in range(N)]
+    filled = fill_frames(frames, masks, [0, N - 1], engine)
+    on_disk = io.read_image(tmp_path / "out" / "fill.0102.png").pixels
+    assert np.abs(filled[1] - on_disk).max() <= 1 / 255 + 1e-6
+
+
+def run_cli(args, capsys):
+    code = cli.main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cli_run_json_progress_resume_and_overwrite(tmp_path, capsys):
+    shot = write_shot(tmp_path)
+    (tmp_path / "out").mkdir()
+    args = ["run", "--plate", shot.plate, "--mask", shot.mask, "--keys", shot.keys, "--out", shot.out,
+            "--model", MODEL, "--progress", "json", "--threads", "2"]
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    assert [e["frame"] for e in events if e["event"] == "frame"] == [101, 102, 103, 104]
+    assert events[-1]["event"] == "done" and events[-1]["preset"] == "test"
+    # Existing outputs are never overwritten silently.
+    code, out, err = run_cli(args, capsys)
+    assert code == 2 and "exist already" in err and len(err.strip().splitlines()) == 1
+    os.remove(tmp_path / "out" / "fill.0103.png")
+    code, out, err = run_cli(args + ["--resume"], capsys)
+    assert code == 0
+    statuses = {e["frame"]: e["status"] for e in map(json.loads, out.splitlines()) if e["event"] == "frame"}
+    assert statuses == {101: "skipped", 102: "skipped", 103: "filled", 104: "skipped"}
+    code, out, err = run_cli(args + ["--overwrite", "--frames", "102-102"], capsys)
+    assert code == 0 and '"frame": 102' in out
+
+
+def test_cli_yaml_job(tmp_path, capsys):
+    shot = write_shot(tmp_path)
+    (tmp_path / "out").mkdir()
+    job = {"plate": "plate.####.png", "mask": "mask.####.png", "keys": "key.####.png", "out": "out/f.%04d.png",
+           "model": MODEL, "frames": "102-103", "max_keys": 1, "progress": "none"}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    code, out, err = run_cli(["run", str(tmp_path / "job.yaml")], capsys)
+    assert code == 0, err
+    assert sorted(os.listdir(tmp_path / "out")) == ["f.0102.png", "f.0103.png"]
+    (tmp_path / "bad.yaml").write_text("plate: [unclosed")
+    code, out, err = run_cli(["run", str(tmp_path / "bad.yaml")], capsys)
+    assert code == 2 and "bad.yaml" in err
+    (tmp_path / "unknown.yaml").write_text(yaml.safe_dump({**job, "colour": "red"}))
+    code, out, err = run_cli(["run", str(tmp_path / "unknown.yaml")], capsys)
+    assert code == 2 and "colour" in err
+
+
+def _bad_input_cases(root: Path, shot: Shot):
+    """(description, mutate(root) -> extra CLI args, expected words in the message)."""
+    def missing_plate(r):
+        os.remove(r / "plate.0103.png")
+        return []
+
+    def size_mismatch(r):
+        io.write_image(r / "mask.0102.png", np.zeros((H, W + 8), np.float32))
+        return []
+
+    def no_keys(r):
+        for f in r.glob("key.*"):
+            f.unlink()
+        return []
+
+    def corrupt_plate(r):
+        (r / "plate.0102.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+        return []
+
+    def full_mask(r):
+        io.write_image(r / "mask.0102.png", np.ones((H, W), np.float32))
+        return []
+
+    def out_is_input(r):
+        return ["--out", shot.plate]
+
+    def no_out_dir(r):
+        return ["--out", str(r / "nowhere" / "f.####.png")]
+
+    def bad_frames(r):
+        return ["--frames", "104-101"]
+
+    def nan_exr(r):
+        img = np.ones((H, W, 3), np.float32)
+        img[3, 4, 1] = np.nan
+        cv2.imwrite(str(r / "plate.0102.exr"), img)
+        return ["--plate", str(r / "plate.####.exr")]
+
+    return [("missing plate frame", missing_plate, "plate.0103.png"),
+            ("mask size", size_mismatch, "mask.0102.png"),
+            ("no keyframe", no_keys, "no keyframes"),
+            ("corrupt file", corrupt_plate, "plate.0102.png"),
+            ("full-frame mask", full_mask, "whole frame"),
+            ("output equals input", out_is_input, "overwrite the plate"),
+            ("unwritable output", no_out_dir, "does not exist"),
+            ("bad range", bad_frames, "first frame after last"),
+            ("nan in exr", nan_exr, "plate.0101.exr")]
+
+
+@pytest.mark.parametrize("case", range(9))
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, case):
+    shot = write_shot(tmp_path)
+    (tmp_path / "out").mkdir()
+    name, mutate, expected = _bad_input_cases(tmp_path, shot)[case]
+    if name == "nan in exr":  # a whole EXR plate whose first frame holds a NaN
+        for i in range(N):
+            plate, _, _ = scene(i)
+            if i == 0:
+                plate[3, 4, 1] = np.nan
+            cv2.imwrite(str(tmp_path / f"plate.{FIRST + i:04d}.exr"), plate)
+    extra = mutate(tmp_path)
+    args = ["run", "--plate", shot.plate, "--mask", shot.mask, "--keys", shot.keys, "--out", shot.out,
+            "--model", MODEL, "--progress", "none"]
+    code, out, err = run_cli(args + extra, capsys)
+    assert code == 2, (name, err)
+    assert expected in err, (name, err)
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, (name, err)
+    assert os.listdir(tmp_path / "out") == [], name
+
+
+def test_empty_mask_passes_through(tmp_path, engine, caplog):
+    shot = write_shot(tmp_path)
+    (tmp_path / "out").mkdir()
+    io.write_image(tmp_path / "mask.0102.png", np.zeros((H, W), np.float32))
+    result = propagate(shot, Settings(model=MODEL), engine=engine)
+    assert result.statuses[102] == "passthrough"
+    assert np.array_equal(io.read_image(tmp_path / "out" / "fill.0102.png").pixels,
+                          io.read_image(tmp_path / "plate.0102.png").pixels)
+
+
+def test_demo_subprocess_fills_bundled_shot(tmp_path):
+    """The README's main command on the bundled sample shot, with a random-weight tiny model for speed."""
+    proc = subprocess.run([sys.executable, "-m", "keyprop.cli", "demo", "--out", str(tmp_path / "demo"),
+                           "--model", MODEL, "--frames", "1001-1003", "--threads", "2"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "model preset:test" in proc.stderr or "preset test" in proc.stderr
+    assert sorted(os.listdir(tmp_path / "demo")) == ["fill.1001.png", "fill.1002.png", "fill.1003.png"]
