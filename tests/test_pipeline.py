@@ -244,3 +244,26 @@ def test_demo_subprocess_fills_bundled_shot(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "model preset:test" in proc.stderr or "preset test" in proc.stderr
     assert sorted(os.listdir(tmp_path / "demo")) == ["fill.1001.png", "fill.1002.png", "fill.1003.png"]
+
+
+def test_ctrl_c_stops_between_frames(tmp_path):
+    """SIGINT mid-run: exit 130, only whole frames on disk, and a --resume run completes the shot."""
+    import signal
+
+    shot = write_shot(tmp_path)
+    (tmp_path / "out").mkdir()
+    args = [sys.executable, "-m", "keyprop.cli", "run", "--plate", shot.plate, "--mask", shot.mask,
+            "--keys", shot.keys, "--out", shot.out, "--model", MODEL, "--progress", "json", "--threads", "2"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = json.loads(proc.stdout.readline())  # the first frame is done
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert first["frame"] == 101
+    written = sorted(os.listdir(tmp_path / "out"))
+    assert all(name.startswith("fill.") and name.endswith(".png") for name in written)  # no temporary files
+    assert 1 <= len(written) < 4
+    for name in written:
+        assert cv2.imread(str(tmp_path / "out" / name)) is not None
+    proc = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and len(os.listdir(tmp_path / "out")) == 4
