@@ -19,6 +19,7 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field, fields
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
@@ -44,6 +45,7 @@ class Settings:
     dilate: int = 0                  # grow the mask by this many pixels before compositing
     feather: float = 0.0             # soften the composite edge (pixels, Gaussian sigma)
     max_keys: int = 2                # keyframes that serve one target (nearest first)
+    max_sources: int = 4             # sources per target when plate frames stand in for keyframes
     work_res: int = 640              # long side of the ROI at the network
     margin: float = 0.5              # context around the masks' bounding box, fraction of its size
     linear: Optional[bool] = None    # plate is scene-linear; None = EXR/float linear, integers display
@@ -126,56 +128,157 @@ def _rgb3(pixels: np.ndarray) -> np.ndarray:
     return pixels[:, :, :3]
 
 
+# Offsets (in frames) at which plate frames are tried as sources: near first, then spread
+# out, so a hole that a moving occluder uncovers slowly still finds its background.
+SOURCE_OFFSETS = (1, -1, 2, -2, 4, -4, 8, -8, 16, -16, 32, -32)
+# A plate source must show at least this share of the target's hole (once aligned).
+MIN_SOURCE_GAIN = 0.02
+
+
+class _LRU(OrderedDict):
+    """A small least-recently-used cache: memory stays bounded however long the shot."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def get_or(self, key, make):
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        value = self[key] = make()
+        while len(self) > self.size:
+            self.popitem(last=False)
+        return value
+
+
 class ShotFiller:
     """Fills targets of one shot at one ROI against keyframes encoded once (lazily).
 
-    ``key_loader(frame) -> (H, W, C)`` plate-valued keyframe pixels; ``linear`` says
-    whether pixel values are scene-linear (converted to display for the network).
+    ``key_loader(frame) -> (H, W, C)`` plate-valued keyframe pixels; ``source_loader(frame)
+    -> (pixels, mask)`` a plate frame and its mask, for shots filled from their own frames;
+    ``linear`` says whether pixel values are scene-linear (converted to display for the
+    network).
     """
 
     def __init__(self, engine, roi: ROI, settings: Settings, linear: bool,
-                 key_loader: Callable[[int], np.ndarray]):
+                 key_loader: Callable[[int], np.ndarray],
+                 source_loader: Optional[Callable[[int], tuple]] = None):
         self.engine, self.roi, self.settings, self.linear = engine, roi, settings, linear
-        self.key_loader = key_loader
+        self.key_loader, self.source_loader = key_loader, source_loader
         self._keys: Dict[int, tuple] = {}
+        self._plate = _LRU(2 * len(SOURCE_OFFSETS) + 2)      # frame -> (work RGB with hole zeroed, hole)
+        self._encoded = _LRU(max(4, settings.max_sources + 2))  # frame -> engine handle
 
     def _display(self, pixels: np.ndarray) -> np.ndarray:
         rgb = _rgb3(pixels).astype(np.float32)
         rgb = color.to_display(rgb) if self.linear else rgb
         return np.clip(rgb, 0.0, 1.0).astype(np.float32)
 
+    def _prepare(self, pixels: np.ndarray, mask: np.ndarray):
+        """Plate pixels and mask -> working-size display RGB (hole zeroed) and binary hole."""
+        roi = self.roi
+        hole = (roi.to_work(network_hole(roi.crop(mask), self.settings.dilate)) > 0).astype(np.float32)
+        rgb = roi.to_work(self._display(roi.crop(pixels))) * (1.0 - hole[:, :, None])
+        return rgb, hole
+
+    @staticmethod
+    def _net_input(rgb: np.ndarray, hole: np.ndarray) -> np.ndarray:
+        return np.concatenate((rgb.transpose(2, 0, 1), hole[None])).astype(np.float32)  # (4, h, w)
+
     def keyframe(self, frame: int):
         """(handle, working display RGB, ROI display RGB at plate size) of a keyframe, cached."""
         if frame not in self._keys:
             crop = self._display(self.roi.crop(self.key_loader(frame)))
             work = self.roi.to_work(crop)
-            net_in = np.concatenate((work.transpose(2, 0, 1), np.zeros((1,) + work.shape[:2], np.float32)))
-            self._keys[frame] = (self.engine.encode_keyframe(net_in), work, crop)
+            handle = self.engine.encode_keyframe(self._net_input(work, np.zeros(work.shape[:2], np.float32)))
+            self._keys[frame] = (handle, work, crop)
             log.debug("encoded keyframe %d at %dx%d", frame, work.shape[1], work.shape[0])
         return self._keys[frame]
 
-    def fill(self, pixels: np.ndarray, mask: np.ndarray, key_frames: Sequence[int]) -> np.ndarray:
+    def plate_frame(self, frame: int):
+        """A plate frame prepared as a source: (working RGB with its hole zeroed, hole)."""
+        return self._plate.get_or(frame, lambda: self._prepare(*self.source_loader(frame)))
+
+    def _plate_handle(self, frame: int):
+        return self._encoded.get_or(frame, lambda: self.engine.encode_keyframe(self._net_input(*self.plate_frame(frame))))
+
+    def _flow(self, target, hole, source, source_hole=None):
+        f, e = flowlib.flow(target, source, target_mask=hole, key_mask=source_hole,
+                            work_size=max(self.roi.work_h, self.roi.work_w))
+        return f, e
+
+    def choose_sources(self, frame: int, target, hole, candidates: Sequence[int], limit: int):
+        """Plate frames that show the most of the target's hole once aligned, greedily.
+
+        Each candidate's flow maps the target's hole into it; pixels landing inside the
+        frame and outside that frame's own hole count as revealed. Picks, in turn, the
+        candidate revealing the most still-unrevealed hole pixels (ties: nearer first),
+        until ``limit`` or nothing more is revealed. Depends only on the inputs.
+        Returns [(frame, flow, error)].
+        """
+        h, w = hole.shape
+        ys, xs = np.nonzero(hole > 0)
+        if ys.size == 0 or limit <= 0:
+            return []
+        options = []
+        for cand in candidates:
+            src, src_hole = self.plate_frame(cand)
+            f, e = self._flow(target, hole, src, src_hole)
+            qx = np.rint(xs + f[ys, xs, 0]).astype(int)
+            qy = np.rint(ys + f[ys, xs, 1]).astype(int)
+            inside = (qx >= 0) & (qx < w) & (qy >= 0) & (qy < h)
+            seen = np.zeros(ys.size, bool)
+            seen[inside] = src_hole[qy[inside], qx[inside]] == 0
+            options.append((cand, f, e, seen))
+        chosen, covered = [], np.zeros(ys.size, bool)
+        while options and len(chosen) < limit:
+            gains = [int((o[3] & ~covered).sum()) for o in options]
+            best = int(np.argmax(gains))  # first maximum: candidates are ordered nearest first
+            if gains[best] < MIN_SOURCE_GAIN * ys.size:
+                break
+            cand, f, e, seen = options.pop(best)
+            covered |= seen
+            chosen.append((cand, f, e))
+        return chosen
+
+    def fill(self, pixels: np.ndarray, mask: np.ndarray, key_frames: Sequence[int],
+             source_candidates: Sequence[int] = (), frame: Optional[int] = None) -> np.ndarray:
         """Composite the network's fill into ``pixels`` (H, W, C) where ``mask`` (H, W) says.
 
-        Returns a new array; pixels with zero composite weight are copied unchanged.
+        Sources: the given keyframes, then (if fewer than two keyframes) plate frames from
+        ``source_candidates`` chosen by :meth:`choose_sources`; with neither, the frame
+        itself (single-image inpainting). Returns a new array; pixels with zero composite
+        weight are copied unchanged.
         """
         roi, s = self.roi, self.settings
-        hole_roi = network_hole(roi.crop(mask), s.dilate)
-        target = roi.to_work(self._display(roi.crop(pixels)))
-        hole = (roi.to_work(hole_roi) > 0).astype(np.float32)
-        target = target * (1.0 - hole[:, :, None])
-        keys = [self.keyframe(k) for k in key_frames]
-        flows, errs = [], []
-        for _, key_work, _ in keys:
-            f, e = flowlib.flow(target, key_work, target_mask=hole, key_mask=None,
-                                work_size=max(roi.work_h, roi.work_w))
-            flows.append(f.transpose(2, 0, 1))
-            errs.append(e[None])
-        net_in = np.concatenate((target.transpose(2, 0, 1), hole[None]))
-        fill = self.engine.fill(net_in, [k[0] for k in keys], np.stack(flows), np.stack(errs))  # (3, h, w)
+        target, hole = self._prepare(pixels, mask)
+        handles, flows, errs, detail_key = [], [], [], None
+        for k in key_frames:
+            handle, key_work, key_plate = self.keyframe(k)
+            f, e = self._flow(target, hole, key_work)
+            handles.append(handle)
+            flows.append(f)
+            errs.append(e)
+            detail_key = (key_plate, f, e) if detail_key is None else detail_key
+        if len(key_frames) < 2 and source_candidates and self.source_loader is not None:
+            for cand, f, e in self.choose_sources(frame, target, hole, source_candidates,
+                                                  s.max_sources - len(key_frames)):
+                handles.append(self._plate_handle(cand))
+                flows.append(f)
+                errs.append(e)
+        if not handles:
+            # Nothing else shows this region: the frame is its own (holed) source.
+            handles.append(self.engine.encode_keyframe(self._net_input(target, hole)))
+            flows.append(np.zeros(hole.shape + (2,), np.float32))
+            errs.append(np.zeros(hole.shape, np.float32))
+        fill = self.engine.fill(self._net_input(target, hole), handles,
+                                np.stack([f.transpose(2, 0, 1) for f in flows]),
+                                np.stack([e[None] for e in errs]))  # (3, h, w)
         fill = roi.to_plate(np.ascontiguousarray(fill.transpose(1, 2, 0)))
-        if s.detail and roi.scale < 0.999:
-            fill = self._restore_detail(fill, keys[0][2], flows[0], errs[0][0])
+        if s.detail and roi.scale < 0.999 and detail_key is not None:
+            key_plate, f, e = detail_key
+            fill = self._restore_detail(fill, key_plate, f.transpose(2, 0, 1), e)
         fill = np.clip(fill, 0.0, 1.0)
         if self.linear:
             fill = color.to_linear(fill).astype(np.float32)
@@ -255,9 +358,9 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
     from .runtime import create_engine
 
     settings = settings or Settings()
-    size = shot.validate()
+    size = shot.validate(require_keys=False)
     frames = shot.frames()
-    key_frames = shot.key_frames()
+    key_frames = shot.key_frames() if shot.keys else []
     plate_frames = scan(shot.plate)
     plate_set = set(plate_frames)
     stray = [k for k in key_frames if k not in plate_set]
@@ -282,8 +385,17 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
         log.warning("every mask of the shot is empty: frames pass through unchanged")
     first_plate = io.read_image(expand(shot.plate, frames[0]))
     linear = settings.linear if settings.linear is not None else color.is_linear_by_default(first_plate.format)
+    if not key_frames:
+        log.warning("no keyframes: filling from the shot's own frames (at most %d sources per frame)",
+                    settings.max_sources)
+
+    def load_source(k):
+        return io.read_image(expand(shot.plate, k)).pixels, io.read_mask(expand(shot.mask, k))
+
     filler = ShotFiller(engine, roi, settings, linear,
-                        key_loader=lambda k: io.read_image(expand(shot.keys, k)).pixels) if roi else None
+                        key_loader=lambda k: io.read_image(expand(shot.keys, k)).pixels,
+                        source_loader=load_source) if roi else None
+    plate_with_masks = set(mask_frames)
     keys_set = set(key_frames)
     total, done = len(frames), 0
     for frame in frames:
@@ -306,9 +418,12 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
                     status, pixels = "passthrough", plate.pixels
                     log.info("frame %d: empty mask, plate passed through", frame)
                 else:
-                    status = "filled"
-                    plan = plan_keyframes(frame, key_frames, settings.max_keys)
-                    pixels = filler.fill(plate.pixels, mask, plan)
+                    plan = plan_keyframes(frame, key_frames, settings.max_keys) if key_frames else []
+                    candidates = source_candidates(frame, plate_with_masks)
+                    status = "filled" if plan or candidates else "inpainted"
+                    if status == "inpainted":
+                        log.warning("frame %d: no keyframe and no other frame: filled from its own context", frame)
+                    pixels = filler.fill(plate.pixels, mask, plan, candidates, frame)
             io.write_image(out_path, pixels, like=plate.format)
         done += 1
         result.frames.append(frame)
@@ -320,6 +435,11 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
 
 # --- in memory ------------------------------------------------------------------------------
 
+def source_candidates(frame: int, available) -> List[int]:
+    """Plate frames to try as sources for ``frame``, nearest first then spread out."""
+    return [frame + d for d in SOURCE_OFFSETS if frame + d in available]
+
+
 def fill_frames(frames: Sequence[np.ndarray], masks: Sequence[np.ndarray], key_indices: Iterable[int], engine,
                 settings: Optional[Settings] = None, linear: bool = False) -> List[np.ndarray]:
     """Fill a shot held in memory: the same pixels :func:`propagate` writes for it.
@@ -327,13 +447,12 @@ def fill_frames(frames: Sequence[np.ndarray], masks: Sequence[np.ndarray], key_i
     Args:
         frames: (H, W, C) float32 frames (display-referred [0, 1] unless ``linear``).
         masks: (H, W) float32, 1 = fill.
-        key_indices: indices of ``frames`` that are clean keyframes (returned unchanged).
+        key_indices: indices of ``frames`` that are clean keyframes (returned unchanged);
+            empty: the shot is filled from its own frames.
         engine: from ``core.runtime.create_engine``.
     """
     settings = settings or Settings()
     keys = sorted(set(int(k) for k in key_indices))
-    if not keys:
-        raise ValueError("fill_frames needs at least one keyframe index")
     size = frames[0].shape[:2]
     bbox = union_bbox(mask_bbox(m) for m in masks)
     if bbox is None:
@@ -341,11 +460,14 @@ def fill_frames(frames: Sequence[np.ndarray], masks: Sequence[np.ndarray], key_i
     grow = settings.dilate + int(np.ceil(2.5 * settings.feather)) + 2
     bbox = (max(0, bbox[0] - grow), max(0, bbox[1] - grow), min(size[0], bbox[2] + grow), min(size[1], bbox[3] + grow))
     roi = plan_roi(bbox, size, settings.work_res, engine.stride, settings.margin)
-    filler = ShotFiller(engine, roi, settings, linear, key_loader=lambda k: frames[k])
+    filler = ShotFiller(engine, roi, settings, linear, key_loader=lambda k: frames[k],
+                        source_loader=lambda k: (frames[k], masks[k]))
+    everything = set(range(len(frames)))
     out = []
     for i, (pixels, mask) in enumerate(zip(frames, masks)):
         if i in keys or not (mask > 0).any():
             out.append(pixels.copy())
         else:
-            out.append(filler.fill(pixels, mask, plan_keyframes(i, keys, settings.max_keys)))
+            plan = plan_keyframes(i, keys, settings.max_keys) if keys else []
+            out.append(filler.fill(pixels, mask, plan, source_candidates(i, everything), i))
     return out

@@ -35,7 +35,8 @@ def add_parsers(sub) -> None:
     run.add_argument("job", nargs="?", help="a job YAML with the same settings as the flags (flags win)")
     run.add_argument("--plate", help="plate frames, e.g. plate.%%04d.exr or plate.####.exr")
     run.add_argument("--mask", help="mask frames, white where to fill")
-    run.add_argument("--keys", help="clean keyframes: every frame present is a keyframe")
+    run.add_argument("--keys", help="clean keyframes: every frame present is a keyframe (none: the shot's own "
+                     "frames serve as sources)")
     run.add_argument("--out", help="output frames pattern")
     _add_common(run)
     demo = sub.add_parser("demo", help="fill the bundled sample shot with the default model")
@@ -51,6 +52,8 @@ def _add_common(p) -> None:
     p.add_argument("--dilate", type=int, help="grow the mask by PX pixels (default 0)")
     p.add_argument("--feather", type=float, help="soften the fill's edge by PX pixels (default 0)")
     p.add_argument("--max-keys", type=int, dest="max_keys", help="keyframes per target (default 2)")
+    p.add_argument("--max-sources", type=int, dest="max_sources",
+                   help="plate frames used as sources per target when keyframes are missing (default 4)")
     p.add_argument("--work-res", type=int, dest="work_res", help="network resolution, ROI long side (default 640)")
     p.add_argument("--threads", type=int, help="CPU threads (default: all)")
     p.add_argument("--linear", choices=["auto", "yes", "no"], help="plate is scene-linear (default: EXR/float yes)")
@@ -110,21 +113,24 @@ def _settings_and_shot(values: dict):
     if linear is not None and not isinstance(linear, bool):
         linear = {"auto": None, "yes": True, "no": False}[linear]
     settings = Settings.from_mapping({**values, "linear": linear})
-    missing = [k for k in ("plate", "mask", "keys", "out") if not run.get(k)]
+    missing = [k for k in ("plate", "mask", "out") if not run.get(k)]
     if missing:
         raise KeypropInputError(f"missing {', '.join('--' + m for m in missing)} (or the same keys in a job YAML)")
     first = last = None
     if run.get("frames") is not None:
         first, last = parse_frames(run["frames"])
-    shot = Shot(str(run["plate"]), str(run["mask"]), str(run["keys"]), str(run["out"]), first, last)
+    shot = Shot(str(run["plate"]), str(run["mask"]), str(run.get("keys") or ""), str(run["out"]), first, last)
     return settings, shot, run
 
 
 class ProgressPrinter:
     """'bar': one updating line on stderr with frames, fps and ETA; 'json': a JSON line per frame."""
 
-    def __init__(self, mode: str, stream_bar=sys.stderr, stream_json=sys.stdout):
-        self.mode, self.bar_out, self.json_out = mode, stream_bar, stream_json
+    def __init__(self, mode: str, stream_bar=None, stream_json=None):
+        # Streams are looked up now, not at import: hosts and tests swap sys.stdout/stderr.
+        self.mode = mode
+        self.bar_out = stream_bar or sys.stderr
+        self.json_out = stream_json or sys.stdout
         self.started = time.perf_counter()
 
     def __call__(self, ev: FrameEvent) -> None:
@@ -172,7 +178,8 @@ def run_shot(values: dict, verbose: bool = False) -> int:
     summary = {"event": "done", "frames": len(result.frames), "cancelled": result.cancelled,
                "model": model_name, "model_hash": info.get("hash"), "preset": info.get("preset"),
                "filled": sum(s == "filled" for s in result.statuses.values()),
-               "passthrough": sum(s == "passthrough" for s in result.statuses.values())}
+               "passthrough": sum(s == "passthrough" for s in result.statuses.values()),
+               "inpainted": sum(s == "inpainted" for s in result.statuses.values())}
     if mode == "json":
         print(json.dumps(summary), flush=True)
     else:
@@ -181,9 +188,12 @@ def run_shot(values: dict, verbose: bool = False) -> int:
         print(f"keyprop: {summary['frames']} frame(s) written to {os.path.dirname(shot.out) or '.'} with model "
               f"{model_name} ({info.get('preset')}, {info.get('origin')}){where}"
               + (" - stopped early" if result.cancelled else ""), file=sys.stderr)
-        if summary["passthrough"]:
-            print(f"keyprop: {summary['passthrough']} frame(s) had an empty mask and were passed through",
-                  file=sys.stderr)
+    if summary["inpainted"]:
+        print(f"keyprop: {summary['inpainted']} frame(s) had no keyframe and no other frame to draw from: "
+              "filled from their own context (image inpainting)", file=sys.stderr)
+    if summary["passthrough"]:
+        print(f"keyprop: {summary['passthrough']} frame(s) had an empty mask and were passed through",
+              file=sys.stderr)
     return 130 if result.cancelled else 0
 
 

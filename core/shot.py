@@ -178,7 +178,7 @@ class Shot:
         """Frame numbers of the keyframes on disk."""
         return scan(self.keys)
 
-    def validate(self) -> tuple[int, int]:
+    def validate(self, require_keys: bool = True) -> tuple[int, int]:
         """Check the shot before any work starts.
 
         Returns:
@@ -191,14 +191,15 @@ class Shot:
             unreadable headers.
         """
         for p in (self.plate, self.mask, self.keys, self.out):
-            parse_pattern(p)
+            if p or p is not self.keys:
+                parse_pattern(p)
         self._check_output_distinct()
         self._check_output_directory()
         frames = self.frames()
         self._check_present(self.plate, "plate", frames)
         self._check_present(self.mask, "mask", frames)
-        keys = self.key_frames()
-        if not keys:
+        keys = self.key_frames() if self.keys else []
+        if not keys and require_keys:
             raise KeypropInputError(
                 "no keyframes found (every file matching the keys pattern is a keyframe)",
                 self.keys)
@@ -220,6 +221,8 @@ class Shot:
     def _check_output_distinct(self) -> None:
         # Compare expanded paths, so "a.%04d.exr" and "./a.####.exr" count as equal.
         for label, pattern in (("plate", self.plate), ("mask", self.mask), ("keys", self.keys)):
+            if not pattern:
+                continue
             for frame in (1, 1001, 123456):
                 a = os.path.realpath(expand(self.out, frame))
                 b = os.path.realpath(expand(pattern, frame))

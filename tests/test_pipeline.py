@@ -166,9 +166,9 @@ def _bad_input_cases(root: Path, shot: Shot):
         io.write_image(r / "mask.0102.png", np.zeros((H, W + 8), np.float32))
         return []
 
-    def no_keys(r):
-        for f in r.glob("key.*"):
-            f.unlink()
+    def stray_key(r):
+        import shutil
+        shutil.copy(r / "key.0101.png", r / "key.0099.png")
         return []
 
     def corrupt_plate(r):
@@ -196,7 +196,7 @@ def _bad_input_cases(root: Path, shot: Shot):
 
     return [("missing plate frame", missing_plate, "plate.0103.png"),
             ("mask size", size_mismatch, "mask.0102.png"),
-            ("no keyframe", no_keys, "no keyframes"),
+            ("keyframe outside the plate", stray_key, "keyframe 99 has no plate frame"),
             ("corrupt file", corrupt_plate, "plate.0102.png"),
             ("full-frame mask", full_mask, "whole frame"),
             ("output equals input", out_is_input, "overwrite the plate"),
@@ -267,3 +267,69 @@ def test_ctrl_c_stops_between_frames(tmp_path):
         assert cv2.imread(str(tmp_path / "out" / name)) is not None
     proc = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and len(os.listdir(tmp_path / "out")) == 4
+
+
+# --- no keyframes: the shot's own frames as sources (issue 8) ---------------------------------
+
+def test_no_keyframes_fills_from_plate_frames(tmp_path, engine):
+    shot = write_shot(tmp_path, keys=())
+    (tmp_path / "out").mkdir()
+    no_keys = Shot(shot.plate, shot.mask, "", shot.out)
+    result = propagate(no_keys, Settings(model=MODEL), engine=engine)
+    assert set(result.statuses.values()) == {"filled"}
+    for f in range(101, 105):
+        plate = io.read_image(tmp_path / f"plate.{f:04d}.png").pixels
+        out = io.read_image(tmp_path / "out" / f"fill.{f:04d}.png").pixels
+        outside = io.read_mask(tmp_path / f"mask.{f:04d}.png") == 0
+        assert np.array_equal(out[outside], plate[outside])
+        assert not np.array_equal(out[~outside], plate[~outside])
+    # A chunk gives the full run's pixels.
+    (tmp_path / "chunk").mkdir()
+    propagate(Shot(shot.plate, shot.mask, "", str(tmp_path / "chunk" / "f.####.png"), 103, 103),
+              Settings(model=MODEL), engine=engine)
+    assert np.array_equal(cv2.imread(str(tmp_path / "chunk" / "f.0103.png")),
+                          cv2.imread(str(tmp_path / "out" / "fill.0103.png")))
+
+
+def test_sources_are_frames_that_reveal_the_hole(engine):
+    from keyprop.core.api import ShotFiller, source_candidates
+    from keyprop.core.roi import plan_roi
+
+    frames, masks = [], []
+    for i in range(6):
+        plate, _, mask = scene(i)
+        frames.append(plate)
+        masks.append(mask)
+    roi = plan_roi((0, 0, H, W), (H, W), 640, engine.stride)
+    filler = ShotFiller(engine, roi, Settings(), False, key_loader=None,
+                        source_loader=lambda k: (frames[k], masks[k]))
+    target, hole = filler.plate_frame(2)
+    chosen = filler.choose_sources(2, target, hole, source_candidates(2, set(range(6))), 4)
+    picked = [c[0] for c in chosen]
+    assert picked and 2 not in picked
+    assert len(picked) == len(set(picked)) <= 4
+    # The first source shows (nearly) all of the target's hole once aligned by its flow.
+    first, flow, _ = chosen[0]
+    _, first_hole = filler.plate_frame(first)
+    ys, xs = np.nonzero(hole)
+    qy = np.clip(np.rint(ys + flow[ys, xs, 1]).astype(int), 0, hole.shape[0] - 1)
+    qx = np.clip(np.rint(xs + flow[ys, xs, 0]).astype(int), 0, hole.shape[1] - 1)
+    assert (first_hole[qy, qx] == 0).mean() > 0.9
+    # The frame right next to it (rig moved 12 px, hole 14 px wide) reveals less, so it is not first.
+    assert abs(first - 2) >= 1
+
+
+def test_single_frame_without_keys_is_inpainted(tmp_path, capsys):
+    plate, _, mask = scene(1)
+    io.write_image(tmp_path / "p.0001.png", plate, like=io.ImageFormat(".png", "uint8", 3))
+    io.write_image(tmp_path / "m.0001.png", mask, like=io.ImageFormat(".png", "uint8", 1))
+    (tmp_path / "out").mkdir()
+    code, out, err = run_cli(["run", "--plate", str(tmp_path / "p.####.png"), "--mask", str(tmp_path / "m.####.png"),
+                              "--out", str(tmp_path / "out" / "o.####.png"), "--model", MODEL, "--progress", "json"],
+                             capsys)
+    assert code == 0, err
+    assert '"status": "inpainted"' in out and "own context" in err
+    result = io.read_image(tmp_path / "out" / "o.0001.png").pixels
+    original = io.read_image(tmp_path / "p.0001.png").pixels
+    outside = io.read_mask(tmp_path / "m.0001.png") == 0
+    assert np.array_equal(result[outside], original[outside])
