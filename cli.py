@@ -18,6 +18,8 @@ def parse_args(argv=None):
     training_cli.add_parser(sub)
     from .core import run_cli
     run_cli.add_parsers(sub)
+    from .plugin.farm import cli as farm_cli
+    farm_cli.add_parser(sub)
     return parser.parse_args(argv)
 
 
@@ -43,6 +45,9 @@ def main(argv=None) -> int:
     if args.command in ("run", "demo"):
         from .core import run_cli
         return run_cli.main_guarded(args)
+    if args.command == "farm":
+        from .plugin.farm import cli as farm_cli
+        return farm_cli.run(args)
     print("keyprop: no command given (try `keyprop --help`)", file=sys.stderr)
     return 2
 

@@ -102,10 +102,20 @@ def create_model(name: str, checkpoint: Optional[Union[str, os.PathLike]] = None
     return model
 
 
+def keyprop_version() -> str:
+    """keyprop's version, also when core is imported as a top-level package from a checkout."""
+    try:
+        from importlib.metadata import version
+
+        return version("keyprop")
+    except Exception:  # not installed (a bare checkout on sys.path)
+        return "0+unknown"
+
+
 def save_checkpoint(model: KeyPropNet, path: Union[str, os.PathLike], preset: Optional[str] = None,
                     provenance: Optional[Provenance] = None) -> None:
     """Write ``model`` in keyprop's format, atomically (temporary file + rename)."""
-    from ... import __version__
+    __version__ = keyprop_version()
 
     provenance = provenance or getattr(model, "provenance", None) or Provenance()
     payload = {
