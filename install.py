@@ -3,6 +3,7 @@
 
     python3 install.py            # .venv with keyprop and its runtime packages
     python3 install.py --dev      # the same plus the test tools
+    python3 install.py --blender  # also install the Blender extension, wired to this environment
 
 The environment is a plain virtual environment (default `.venv` beside this file). torch
 is installed first and pinned (2.13.0, the CPU build where one is available) so that no
@@ -30,6 +31,10 @@ def parse_args(argv=None):
                         help="also install onnxruntime (CPU) for --backend onnx")
     parser.add_argument("--gpu", action="store_true",
                         help="install onnxruntime-gpu (also chosen when an NVIDIA driver is found)")
+    parser.add_argument("--blender", action="store_true",
+                        help="install or update the keyprop extension in your Blender (4.2+), using this environment")
+    parser.add_argument("--blender-exe", metavar="PATH",
+                        help="the Blender to install into (default: `blender` on PATH)")
     return parser.parse_args(argv)
 
 
@@ -65,6 +70,25 @@ def main(argv=None) -> int:
     target = f"{ROOT}[{','.join(extras)}]" if extras else str(ROOT)
     pip(python, "-q", "-e", target)
     print(f"keyprop is installed in {env_dir}; run it as {env_dir / 'bin' / 'keyprop'}", flush=True)
+    if args.blender or args.blender_exe:
+        return install_blender(args.blender_exe, python)
+    return 0
+
+
+def install_blender(exe, python: Path) -> int:
+    """Put the extension into the user's Blender, with keyprop_env.json naming this environment's Python."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("keyprop_blender_packaging",
+                                                  ROOT / "plugin" / "blender" / "packaging.py")
+    packaging = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(packaging)  # plain Python; the package itself needs bpy
+    keyprop_exe = python.parent / ("keyprop.exe" if os.name == "nt" else "keyprop")
+    try:
+        print(packaging.install(exe, str(python), str(keyprop_exe)), flush=True)
+    except packaging.InstallError as exc:
+        print(f"install.py: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
