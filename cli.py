@@ -20,6 +20,8 @@ def parse_args(argv=None):
     run_cli.add_parsers(sub)
     from .plugin.farm import cli as farm_cli
     farm_cli.add_parser(sub)
+    from .export import cli as export_cli
+    export_cli.add_parser(sub)
     return parser.parse_args(argv)
 
 
@@ -45,6 +47,9 @@ def main(argv=None) -> int:
     if args.command in ("run", "demo"):
         from .core import run_cli
         return run_cli.main_guarded(args)
+    if args.command == "export":
+        from .export import cli as export_cli
+        return export_cli.run(args)
     if args.command == "farm":
         from .plugin.farm import cli as farm_cli
         return farm_cli.run(args)
