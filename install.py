@@ -3,6 +3,7 @@
 
     python3 install.py            # .venv with keyprop and its runtime packages
     python3 install.py --dev      # the same plus the test tools
+    python3 install.py --nuke     # also install the KeyProp gizmo into ~/.nuke, wired to this environment
     python3 install.py --blender  # also install the Blender extension, wired to this environment
 
 The environment is a plain virtual environment (default `.venv` beside this file). torch
@@ -35,6 +36,9 @@ def parse_args(argv=None):
                         help="install or update the keyprop extension in your Blender (4.2+), using this environment")
     parser.add_argument("--blender-exe", metavar="PATH",
                         help="the Blender to install into (default: `blender` on PATH)")
+    parser.add_argument("--nuke", action="store_true",
+                        help="install or update the KeyProp gizmo in ~/.nuke (Nuke 14-16), using this environment")
+    parser.add_argument("--nuke-dir", metavar="DIR", help="the .nuke folder to install into (default: ~/.nuke)")
     return parser.parse_args(argv)
 
 
@@ -70,6 +74,10 @@ def main(argv=None) -> int:
     target = f"{ROOT}[{','.join(extras)}]" if extras else str(ROOT)
     pip(python, "-q", "-e", target)
     print(f"keyprop is installed in {env_dir}; run it as {env_dir / 'bin' / 'keyprop'}", flush=True)
+    if args.nuke or args.nuke_dir:
+        code = install_nuke(args.nuke_dir, python)
+        if code:
+            return code
     if args.blender or args.blender_exe:
         return install_blender(args.blender_exe, python)
     return 0
@@ -87,6 +95,23 @@ def install_blender(exe, python: Path) -> int:
     try:
         print(packaging.install(exe, str(python), str(keyprop_exe)), flush=True)
     except packaging.InstallError as exc:
+        print(f"install.py: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def install_nuke(nuke_dir, python: Path) -> int:
+    """Copy the gizmo into the user's .nuke, with keyprop_env.json naming this environment's keyprop."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("keyprop_install_nuke",
+                                                  ROOT / "plugin" / "nuke" / "install_nuke.py")
+    installer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(installer)  # plain Python: no Nuke needed
+    keyprop_exe = python.parent / ("keyprop.exe" if os.name == "nt" else "keyprop")
+    try:
+        print(installer.install(str(keyprop_exe), nuke_dir), flush=True)
+    except installer.InstallError as exc:
         print(f"install.py: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -139,7 +139,7 @@ def test_openjd_failed_chunk_fails_the_job_with_keyprops_message(shot, tmp_path,
             os.symlink(os.path.join(os.path.dirname(shot["plate"]), name), root / name)
     broken = {k: str(root / os.path.basename(v)) for k, v in shot.items()}
     job_dir = tmp_path / "job"
-    # The plate is not visible from this "submitter" pretend: give --frames and skip the local check.
+    # Where the submitter sees the files, submit catches it before writing a job.
     code, out, err = submit(["--engine", "openjd", *shot_args(broken, str(tmp_path / "out" / "fill.####.png")),
                              "--frames", "101-104", "--chunk-size", "1", "--job-dir", str(job_dir),
                              "--model", MODEL, "--threads", "2", "--keyprop", str(KEYPROP)], capsys)
