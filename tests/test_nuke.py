@@ -160,30 +160,17 @@ def shot(tmp_path_factory):
     return make_shot(root)
 
 
-def test_real_keyprop_run_from_the_gizmo_command(shot, tmp_path):
-    """The command the gizmo builds, run in keyprop's environment, fills the shot (PNG here for speed)."""
-    out = str(tmp_path / "fill.####.png")
-    cmd = kc.build_run_command(str(KEYPROP), shot["plate"], shot["mask"], shot["keys"], out, 101, 103,
-                               model="preset:test", extra=["--threads", "2"])
-    seen = []
-    code = kc.follow(kc.KeypropRun(cmd), seen.append, lambda: False)
-    assert code == 0
-    assert [e["frame"] for e in seen if e["event"] == "frame"] == [101, 102, 103]
-    assert [e["status"] for e in seen if e["event"] == "frame"] == ["keyframe", "filled", "filled"]
-    assert kc.missing_frames(out, [101, 102, 103]) == []
-    # A second Process with "resume" keeps every frame.
-    seen.clear()
-    assert kc.follow(kc.KeypropRun(cmd), seen.append, lambda: False) == 0
-    assert {e["status"] for e in seen if e["event"] == "frame"} == {"skipped"}
+def test_real_keyprop_run_cancel_and_resume(shot, tmp_path):
+    """The command the gizmo builds, run in keyprop's environment (PNG here for speed).
 
-
-def test_real_keyprop_cancel_keeps_whole_frames(shot, tmp_path):
-    """Cancelling (the ProgressTask's button) stops keyprop; only whole frames remain, and resume finishes."""
+    Cancelling (the ProgressTask's button) stops keyprop with only whole frames written;
+    the next Process with existing = resume keeps them and fills the rest.
+    """
     import cv2
 
     out = str(tmp_path / "fill.####.png")
     cmd = kc.build_run_command(str(KEYPROP), shot["plate"], shot["mask"], shot["keys"], out, 101, 104,
-                               model="preset:test", extra=["--threads", "2"])
+                               model="preset:test", existing="resume", extra=["--threads", "2"])
     seen = []
     code = kc.follow(kc.KeypropRun(cmd), seen.append, lambda: bool(seen), poll=0.05)
     assert code == 130
@@ -191,7 +178,13 @@ def test_real_keyprop_cancel_keeps_whole_frames(shot, tmp_path):
     assert 1 <= len(written) < 4 and all(re.fullmatch(r"fill\.\d{4}\.png", n) for n in written), written
     for name in written:
         assert cv2.imread(str(tmp_path / name)) is not None  # whole files, no partial writes
-    assert kc.follow(kc.KeypropRun(cmd), lambda e: None, lambda: False) == 0
+    seen = []
+    assert kc.follow(kc.KeypropRun(cmd), seen.append, lambda: False) == 0
+    frames = [e for e in seen if e["event"] == "frame"]
+    assert [e["frame"] for e in frames] == [101, 102, 103, 104] and seen[-1]["event"] == "done"
+    assert [e["status"] for e in frames][:len(written)] == ["skipped"] * len(written)
+    assert {e["status"] for e in frames[len(written):]} <= {"filled", "keyframe"}
+    assert [kc.percent(e) for e in frames] == [25, 50, 75, 100]
     assert kc.missing_frames(out, [101, 102, 103, 104]) == []
 
 
