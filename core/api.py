@@ -32,6 +32,9 @@ from .errors import KeypropInputError
 from .roi import ROI, mask_bbox, plan_roi, union_bbox
 from .shot import Shot, expand, plan_keyframes, scan
 
+__all__ = ["Settings", "FrameEvent", "Result", "ShotFiller", "propagate", "fill_frames", "source_candidates",
+           "composite_alpha", "network_hole", "Shot", "expand", "scan", "plan_keyframes"]
+
 log = logging.getLogger(__name__)
 
 

@@ -75,7 +75,10 @@ def resolve_model(spec: Optional[str]) -> Path:
 def load_model(spec: Optional[str]) -> KeyPropNet:
     """A model from a path or 'default', or a preset name with random weights ('preset:NAME', for tests)."""
     if spec and spec.startswith("preset:"):
-        return create_model(spec.split(":", 1)[1])
+        # Seeded: every process (farm chunk, worker) gets the same random-weight model.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return create_model(spec.split(":", 1)[1])
     path = resolve_model(spec)
     model = load_checkpoint(path)
     model.model_hash = file_hash(path)
