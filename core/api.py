@@ -181,8 +181,8 @@ class ShotFiller:
     def _prepare(self, pixels: np.ndarray, mask: np.ndarray):
         """Plate pixels and mask -> working-size display RGB (hole zeroed) and binary hole."""
         roi = self.roi
-        hole = (roi.to_work(network_hole(roi.crop(mask), self.settings.dilate)) > 0).astype(np.float32)
-        rgb = roi.to_work(self._display(roi.crop(pixels))) * (1.0 - hole[:, :, None])
+        hole = (roi.resize_to_work(network_hole(roi.crop(mask), self.settings.dilate)) > 0).astype(np.float32)
+        rgb = roi.resize_to_work(self._display(roi.crop(pixels))) * (1.0 - hole[:, :, None])
         return rgb, hole
 
     @staticmethod
@@ -193,7 +193,7 @@ class ShotFiller:
         """(handle, working display RGB, ROI display RGB at plate size) of a keyframe, cached."""
         if frame not in self._keys:
             crop = self._display(self.roi.crop(self.key_loader(frame)))
-            work = self.roi.to_work(crop)
+            work = self.roi.resize_to_work(crop)
             handle = self.engine.encode_keyframe(self._net_input(work, np.zeros(work.shape[:2], np.float32)))
             self._keys[frame] = (handle, work, crop)
             log.debug("encoded keyframe %d at %dx%d", frame, work.shape[1], work.shape[0])

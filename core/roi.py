@@ -70,8 +70,13 @@ class ROI:
         return image[self.y0:self.y1, self.x0:self.x1]
 
     def to_work(self, image: np.ndarray, nearest: bool = False) -> np.ndarray:
-        """Crop and resize to the working size (area filter down, linear up)."""
-        crop = self.crop(image)
+        """Crop a full frame to the ROI and resize it to the working size."""
+        return self.resize_to_work(self.crop(image), nearest)
+
+    def resize_to_work(self, crop: np.ndarray, nearest: bool = False) -> np.ndarray:
+        """Resize an ROI-sized crop to the working size (area filter down, linear up)."""
+        if crop.shape[:2] != (self.height, self.width):
+            raise ValueError(f"expected an ROI crop of {self.width}x{self.height}, got {crop.shape[1]}x{crop.shape[0]}")
         if crop.shape[:2] == (self.work_h, self.work_w):
             return np.ascontiguousarray(crop)
         down = self.work_h < crop.shape[0]

@@ -333,3 +333,27 @@ def test_single_frame_without_keys_is_inpainted(tmp_path, capsys):
     original = io.read_image(tmp_path / "p.0001.png").pixels
     outside = io.read_mask(tmp_path / "m.0001.png") == 0
     assert np.array_equal(result[outside], original[outside])
+
+
+def test_roi_inside_a_larger_frame_lines_up(engine):
+    """The network sees the ROI's own pixels: hole and picture where the mask and plate put them."""
+    from keyprop.core.api import ShotFiller
+    from keyprop.core.roi import mask_bbox, plan_roi
+
+    h, w = 300, 480
+    rng = np.random.default_rng(5)
+    plate = cv2.GaussianBlur(rng.random((h, w, 3)).astype(np.float32), (0, 0), 3)
+    mask = np.zeros((h, w), np.float32)
+    mask[200:230, 350:370] = 1
+    roi = plan_roi(mask_bbox(mask), (h, w), 640, engine.stride)
+    assert roi.y0 > 0 and roi.x0 > 0  # a strict sub-region of the frame
+    filler = ShotFiller(engine, roi, Settings(), False, key_loader=lambda k: plate)
+    rgb, hole = filler._prepare(plate, mask)
+    ys, xs = np.nonzero(hole)
+    sy, sx = roi.work_h / roi.height, roi.work_w / roi.width
+    assert abs(ys.mean() / sy + roi.y0 - 214.5) < 2 and abs(xs.mean() / sx + roi.x0 - 359.5) < 2
+    expected = cv2.resize(plate[roi.y0:roi.y1, roi.x0:roi.x1], (roi.work_w, roi.work_h), interpolation=cv2.INTER_AREA)
+    keep = hole == 0
+    assert np.abs(rgb[keep] - expected[keep]).max() < 1e-5
+    out = filler.fill(plate, mask, [0])
+    assert np.array_equal(out[mask == 0], plate[mask == 0])
