@@ -212,19 +212,20 @@ class ShotFiller:
         return f, e
 
     def choose_sources(self, frame: int, target, hole, candidates: Sequence[int], limit: int):
-        """Plate frames that show the most of the target's hole once aligned, greedily.
+        """Plate frames that show the target's hole once aligned, nearest first then spread out.
 
-        Each candidate's flow maps the target's hole into it; pixels landing inside the
-        frame and outside that frame's own hole count as revealed. Picks, in turn, the
-        candidate revealing the most still-unrevealed hole pixels (ties: nearer first),
-        until ``limit`` or nothing more is revealed. Depends only on the inputs.
-        Returns [(frame, flow, error)].
+        Candidates are tried in the order given (``source_candidates``: +-1, +-2, +-4, ...).
+        Each one's flow maps the target's hole into it; hole pixels landing inside the frame
+        and outside that frame's own hole count as revealed. A candidate is kept when it
+        reveals at least MIN_SOURCE_GAIN of the hole that earlier picks left unrevealed;
+        the search stops at ``limit`` sources or once 98 % of the hole is revealed. Depends
+        only on the inputs. Returns [(frame, flow, error)].
         """
         h, w = hole.shape
         ys, xs = np.nonzero(hole > 0)
         if ys.size == 0 or limit <= 0:
             return []
-        options = []
+        chosen, covered = [], np.zeros(ys.size, bool)
         for cand in candidates:
             src, src_hole = self.plate_frame(cand)
             f, e = self._flow(target, hole, src, src_hole)
@@ -233,16 +234,12 @@ class ShotFiller:
             inside = (qx >= 0) & (qx < w) & (qy >= 0) & (qy < h)
             seen = np.zeros(ys.size, bool)
             seen[inside] = src_hole[qy[inside], qx[inside]] == 0
-            options.append((cand, f, e, seen))
-        chosen, covered = [], np.zeros(ys.size, bool)
-        while options and len(chosen) < limit:
-            gains = [int((o[3] & ~covered).sum()) for o in options]
-            best = int(np.argmax(gains))  # first maximum: candidates are ordered nearest first
-            if gains[best] < MIN_SOURCE_GAIN * ys.size:
-                break
-            cand, f, e, seen = options.pop(best)
+            if (seen & ~covered).sum() < MIN_SOURCE_GAIN * ys.size:
+                continue
             covered |= seen
             chosen.append((cand, f, e))
+            if len(chosen) >= limit or covered.mean() >= 0.98:
+                break
         return chosen
 
     def fill(self, pixels: np.ndarray, mask: np.ndarray, key_frames: Sequence[int],
@@ -294,7 +291,10 @@ class ShotFiller:
         warped = flowlib.warp(key_plate, flow_plate)
         sigma = 0.6 / roi.scale
         detail = warped - cv2.GaussianBlur(warped, (0, 0), sigma)
-        reliable = np.exp(-roi.to_plate(err_work.astype(np.float32)))[:, :, None]  # error in working pixels
+        # Error in working pixels; resized linearly (cubic rings below 0 next to large errors).
+        err = cv2.resize(np.clip(err_work, 0, 50).astype(np.float32), (roi.width, roi.height),
+                         interpolation=cv2.INTER_LINEAR)
+        reliable = np.exp(-err)[:, :, None]
         return fill + reliable * detail
 
     def _composite(self, pixels, fill, alpha):

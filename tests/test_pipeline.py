@@ -308,15 +308,17 @@ def test_sources_are_frames_that_reveal_the_hole(engine):
     picked = [c[0] for c in chosen]
     assert picked and 2 not in picked
     assert len(picked) == len(set(picked)) <= 4
-    # The first source shows (nearly) all of the target's hole once aligned by its flow.
-    first, flow, _ = chosen[0]
-    _, first_hole = filler.plate_frame(first)
+    # Together the sources show (nearly) all of the target's hole once aligned by their flows.
     ys, xs = np.nonzero(hole)
-    qy = np.clip(np.rint(ys + flow[ys, xs, 1]).astype(int), 0, hole.shape[0] - 1)
-    qx = np.clip(np.rint(xs + flow[ys, xs, 0]).astype(int), 0, hole.shape[1] - 1)
-    assert (first_hole[qy, qx] == 0).mean() > 0.9
-    # The frame right next to it (rig moved 12 px, hole 14 px wide) reveals less, so it is not first.
-    assert abs(first - 2) >= 1
+    revealed = np.zeros(ys.size, bool)
+    for cand, flow, _ in chosen:
+        _, cand_hole = filler.plate_frame(cand)
+        qy = np.clip(np.rint(ys + flow[ys, xs, 1]).astype(int), 0, hole.shape[0] - 1)
+        qx = np.clip(np.rint(xs + flow[ys, xs, 0]).astype(int), 0, hole.shape[1] - 1)
+        revealed |= cand_hole[qy, qx] == 0
+    assert revealed.mean() > 0.9
+    # Nearest first: frame 1 or 3 (the rig moved 12 px) reveals part of the hole already.
+    assert picked[0] in (1, 3)
 
 
 def test_single_frame_without_keys_is_inpainted(tmp_path, capsys):
