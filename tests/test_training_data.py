@@ -128,3 +128,10 @@ def test_shots_every_kind(tmp_path):
     patterns = save_shot(make_shot("pan", frames=3, size=(64, 64)), tmp_path)
     assert (tmp_path / "keys.0000.png").exists() and not (tmp_path / "keys.0001.png").exists()
     assert patterns["plate"].endswith("plate.%04d.png")
+
+
+def test_numbered_unrelated_stills_are_not_a_sequence(tmp_path):
+    for i in range(3):
+        write_image(tmp_path / f"DSC_{i:04d}.png", procedural_texture(rng(10 + i), 80))
+    images, sequences = load_folder(tmp_path)
+    assert len(images) == 3 and sequences == []

@@ -62,12 +62,28 @@ def _read_display(path: Path) -> np.ndarray:
     return pixels
 
 
-def load_folder(folder, max_side: int = 768, min_side: int = 64):
-    """Pictures and frame sequences under ``folder``.
+def _looks_like_a_sequence(pictures: Sequence[np.ndarray], numbers: Sequence[int]) -> bool:
+    """Numbered pictures form a shot only if the numbers run on and neighbours look alike.
 
-    A directory holding three or more pictures whose names differ only in a frame number is
-    read as a sequence (its frames in order); every other picture stands alone. Returns
-    ``(images, sequences)``: a list of arrays and a list of lists of arrays.
+    A camera's stills (DSC_0001.jpg, DSC_0002.jpg, ...) are numbered too; using one as the
+    reference of another would teach the network to copy unrelated content.
+    """
+    if len(pictures) < 3 or max(np.diff(sorted(numbers))) > 2:
+        return False
+    if len({p.shape for p in pictures}) != 1:
+        return False
+    thumbs = [cv2.resize(p, (32, 32), interpolation=cv2.INTER_AREA) for p in pictures]
+    diffs = [float(np.abs(a - b).mean()) for a, b in zip(thumbs, thumbs[1:])]
+    return float(np.median(diffs)) < 0.1
+
+
+def load_folder(folder, max_side: int = 768, min_side: int = 64):
+    """Pictures and frame sequences under ``folder`` (searched recursively).
+
+    Pictures in one directory whose names differ only in a frame number (three or more,
+    numbers running on, neighbouring frames alike) are read as a sequence; every other
+    picture stands alone. Returns ``(images, sequences)``: a list of arrays and a list of
+    lists of arrays.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -78,26 +94,26 @@ def load_folder(folder, max_side: int = 768, min_side: int = 64):
         files = sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         groups = {}
         for p in files:
-            stem = p.stem.rstrip("0123456789")
-            groups.setdefault((stem, p.suffix.lower()), []).append(p)
-        for (_, _), paths in sorted(groups.items()):
-            numbered = [p for p in paths if p.stem != p.stem.rstrip("0123456789")]
-            pictures = []
-            for p in (numbered if len(numbered) >= 3 else paths):
+            groups.setdefault((p.stem.rstrip("0123456789"), p.suffix.lower()), []).append(p)
+        for paths in groups.values():
+            loaded = []
+            for p in paths:
                 try:
                     pic = to_rgb_float(_read_display(p), max_side)
                 except Exception as exc:  # unreadable files are skipped, with a note
                     log.warning("%s: skipped (%s)", p, exc)
                     continue
                 if min(pic.shape[:2]) >= min_side:
-                    pictures.append(pic)
-            if len(numbered) >= 3 and len(pictures) >= 3:
-                sequences.append(pictures)
-                rest = [p for p in paths if p not in numbered]
-                for p in rest:
-                    images.append(to_rgb_float(_read_display(p), max_side))
+                    loaded.append((p, pic))
+            numbered = [(p, pic) for p, pic in loaded if p.stem != p.stem.rstrip("0123456789")]
+            numbers = [int(p.stem[len(p.stem.rstrip("0123456789")):]) for p, _ in numbered]
+            if _looks_like_a_sequence([pic for _, pic in numbered], numbers):
+                order = np.argsort(numbers)
+                sequences.append([numbered[i][1] for i in order])
+                in_sequence = {p for p, _ in numbered}
+                images.extend(pic for p, pic in loaded if p not in in_sequence)
             else:
-                images.extend(pictures)
+                images.extend(pic for _, pic in loaded)
     return images, sequences
 
 
