@@ -53,6 +53,7 @@ class Settings:
     margin: float = 0.5              # context around the masks' bounding box, fraction of its size
     linear: Optional[bool] = None    # plate is scene-linear; None = EXR/float linear, integers display
     detail: bool = True              # restore plate-resolution keyframe detail where the ROI was downscaled
+    warp_blend: bool = True          # take the flow-warped keyframe where its flow is consistent
     threads: Optional[int] = None    # CPU threads for the engine (None = all)
 
     @classmethod
@@ -136,6 +137,9 @@ def _rgb3(pixels: np.ndarray) -> np.ndarray:
 SOURCE_OFFSETS = (1, -1, 2, -2, 4, -4, 8, -8, 16, -16, 32, -32)
 # A plate source must show at least this share of the target's hole (once aligned).
 MIN_SOURCE_GAIN = 0.02
+# Forward-backward flow error (working pixels) at which a warped keyframe and the network
+# weigh about equally (weight exp(-1) at this error, ~0.94 at a quarter of it).
+BLEND_ERROR_PX = 2.0
 
 
 class _LRU(OrderedDict):
@@ -253,7 +257,7 @@ class ShotFiller:
         """
         roi, s = self.roi, self.settings
         target, hole = self._prepare(pixels, mask)
-        handles, flows, errs, detail_key = [], [], [], None
+        handles, flows, errs, detail_key, warps = [], [], [], None, []
         for k in key_frames:
             handle, key_work, key_plate = self.keyframe(k)
             f, e = self._flow(target, hole, key_work)
@@ -261,6 +265,7 @@ class ShotFiller:
             flows.append(f)
             errs.append(e)
             detail_key = (key_plate, f, e) if detail_key is None else detail_key
+            warps.append((flowlib.warp(key_work, f), e))
         if len(key_frames) < 2 and source_candidates and self.source_loader is not None:
             for cand, f, e in self.choose_sources(frame, target, hole, source_candidates,
                                                   s.max_sources - len(key_frames)):
@@ -275,7 +280,10 @@ class ShotFiller:
         fill = self.engine.fill(self._net_input(target, hole), handles,
                                 np.stack([f.transpose(2, 0, 1) for f in flows]),
                                 np.stack([e[None] for e in errs]))  # (3, h, w)
-        fill = roi.to_plate(np.ascontiguousarray(fill.transpose(1, 2, 0)))
+        fill = np.ascontiguousarray(fill.transpose(1, 2, 0))
+        if s.warp_blend and warps:
+            fill = self._blend_warped_keys(fill, warps)
+        fill = roi.to_plate(fill)
         if s.detail and roi.scale < 0.999 and detail_key is not None:
             key_plate, f, e = detail_key
             fill = self._restore_detail(fill, key_plate, f.transpose(2, 0, 1), e)
@@ -283,6 +291,22 @@ class ShotFiller:
         if self.linear:
             fill = color.to_linear(fill).astype(np.float32)
         return self._composite(pixels, fill, composite_alpha(roi.crop(mask), s.dilate, s.feather))
+
+    @staticmethod
+    def _blend_warped_keys(fill, warps):
+        """Where a keyframe's flow is consistent, take its warped pixels; elsewhere the network's.
+
+        Per pixel, the keyframe with the smallest forward-backward error wins; its weight is
+        exp(-(error / BLEND_ERROR_PX)^2), so consistent flow copies the keyframe and failing
+        flow hands over to the network (which also sees the error map and fills what no flow
+        reaches).
+        """
+        errors = np.stack([np.clip(e, 0, 50) for _, e in warps])  # (T, h, w)
+        best = np.argmin(errors, axis=0)
+        warped = np.take_along_axis(np.stack([w for w, _ in warps]), best[None, :, :, None], axis=0)[0]
+        err = np.take_along_axis(errors, best[None], axis=0)[0]
+        weight = np.exp(-(err / BLEND_ERROR_PX) ** 2)[:, :, None]
+        return (weight * warped + (1.0 - weight) * fill).astype(np.float32)
 
     def _restore_detail(self, fill, key_plate, flow_work, err_work):
         """Add the nearest keyframe's high frequencies, warped at plate resolution, where flow agrees."""
