@@ -25,7 +25,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional, Tuple
@@ -33,6 +32,7 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from .. import __version__
+from ..core.atomic import atomic_write
 from ..core.model import KeyPropNet, prepare_for_inference
 from .fourier import use_matmul_fft
 from .graphs import KeyframeEncoderGraph, TargetFillerGraph, cache_names
@@ -154,16 +154,7 @@ def export_graph(model: KeyPropNet, kind: str, size: Tuple[int, int], path, opti
     del proto.metadata_props[:]
     for k, v in meta.items():
         proto.metadata_props.add(key=k, value=v)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        onnx.save_model(proto, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    path = atomic_write(path, lambda tmp: onnx.save_model(proto, tmp))
     log.info("exported %s", path)
     return path
 

@@ -13,12 +13,12 @@ Checkpoint format (``.pt``, readable with ``torch.load(weights_only=True)``)::
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Dict, Optional, Union
 
 import torch
 
+from ..atomic import atomic_write
 from .config import NetConfig, Provenance
 from .network import KeyPropNet
 
@@ -127,16 +127,7 @@ def save_checkpoint(model: KeyPropNet, path: Union[str, os.PathLike], preset: Op
         "provenance": provenance.to_dict(),
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load_checkpoint(path: Union[str, os.PathLike], map_location="cpu") -> KeyPropNet:

@@ -18,6 +18,9 @@ from typing import Dict, List, Optional
 
 import yaml
 
+# One parser for --frames everywhere: the farm splits exactly what `keyprop run` accepts.
+from ...core.run_cli import parse_frames  # noqa: F401  (re-exported for cli.py)
+
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "keyprop_openjd.yaml"
 
 # The files a job folder holds, per engine. The OpenJD folder is a Deadline Cloud job bundle
@@ -68,20 +71,6 @@ class FarmJob:
         return f"{self.first}-{self.last}"
 
 
-def parse_frames(text: str) -> tuple:
-    """'A-B' or 'A' -> (A, B); negative frames allowed ('-5--1'). ValueError names what was expected."""
-    text = str(text).strip()
-    try:
-        if "-" in text[1:]:
-            cut = text.index("-", 1)
-            first, last = int(text[:cut]), int(text[cut + 1:])
-        else:
-            first = last = int(text)
-    except ValueError:
-        raise ValueError(f"--frames {text!r}: expected A-B (e.g. 1001-1100) or one frame") from None
-    if first > last:
-        raise ValueError(f"--frames {text!r}: first frame after last")
-    return first, last
 
 
 def chunks(first: int, last: int, size: int) -> List[tuple]:
