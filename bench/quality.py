@@ -38,6 +38,7 @@ from keyprop.core.training.metrics import flicker, psnr_in_mask, ssim_in_mask  #
 from keyprop.core.training.shots import KINDS, make_shot  # noqa: E402
 
 METHODS = ("keyprop", "flow_warp", "nearest_key", "telea")
+NO_KEY_METHODS = ("keyprop", "flow_warp", "telea")
 
 
 # ------------------------------------------------------------------------ baselines
@@ -83,6 +84,61 @@ def fill_flow_warp(frames, masks, keys):
     return out
 
 
+def fill_flow_warp_revealing(frames, masks, keys=()):
+    """No-keyframe baseline: DIS warp from the nearest frame whose aligned hole is unmasked there.
+
+    For each frame, other frames are tried nearest first; the first whose flow maps >= 95 % of
+    the hole outside that frame's own mask is warped in (else the best one seen).
+    """
+    out = []
+    n = len(frames)
+    for i, (f, m) in enumerate(zip(frames, masks)):
+        hole = (m > 0).astype(np.float32)
+        ys, xs = np.nonzero(hole)
+        best = None
+        for j in sorted((j for j in range(n) if j != i), key=lambda j: (abs(j - i), j)):
+            src_hole = (masks[j] > 0).astype(np.float32)
+            flow, _ = flowlib.flow(f * (1 - hole[:, :, None]), frames[j], target_mask=hole, key_mask=src_hole)
+            qx = np.clip(np.rint(xs + flow[ys, xs, 0]).astype(int), 0, f.shape[1] - 1)
+            qy = np.clip(np.rint(ys + flow[ys, xs, 1]).astype(int), 0, f.shape[0] - 1)
+            shown = float((src_hole[qy, qx] == 0).mean()) if ys.size else 1.0
+            if best is None or shown > best[0]:
+                best = (shown, j, flow)
+            if shown >= 0.95:
+                break
+        _, j, flow = best
+        out.append(_composite(f, flowlib.warp(frames[j], flow), m))
+    return out
+
+
+def static_occluder_shot(frames, size, seed):
+    """Locked-off camera, occluder that never moves: what it hides is never revealed.
+
+    The background is a still from the pan shot with fresh light grain per frame (so frames
+    are not identical); the occluder is a dark block over the middle.
+    """
+    base = make_shot("pan", frames, size, seed)
+    h, w = size
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((h, w), np.float32)
+    mask[int(0.35 * h):int(0.65 * h), int(0.42 * w):int(0.58 * w)] = 1.0
+    truths = [np.clip(base.truths[frames // 2] + rng.normal(0, 0.01, (h, w, 1)), 0, 1).astype(np.float32)
+              for _ in range(frames)]
+    plates = [np.where(mask[:, :, None] > 0, np.float32(0.1), t).astype(np.float32) for t in truths]
+    return type(base)("static_occluder", plates, truths, [mask.copy() for _ in plates], [])
+
+
+def save_strip(folder, kind, shot, filled_by_method):
+    """The middle frame: plate | each method's fill | truth, side by side, as 8-bit PNG."""
+    i = len(shot.plates) // 2
+    tiles = [shot.plates[i]] + [filled_by_method[m][i] for m in filled_by_method] + [shot.truths[i]]
+    strip = np.concatenate([np.pad(t, ((0, 0), (0, 4), (0, 0)), constant_values=1.0) for t in tiles], axis=1)
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    path = Path(folder) / f"{kind}.png"
+    cv2.imwrite(str(path), cv2.cvtColor((np.clip(strip, 0, 1) * 255 + 0.5).astype(np.uint8), cv2.COLOR_RGB2BGR))
+    return path
+
+
 def fill_keyprop(frames, masks, keys, engine, settings=None):
     from keyprop.core.api import fill_frames
 
@@ -100,8 +156,15 @@ def score(shot, filled):
     return {"psnr": float(np.nanmean(psnr)), "ssim": float(np.nanmean(ssim)), "flicker": 100 * flick}
 
 
-def run_benchmark(model="default", kinds=KINDS, frames=12, size=(240, 320), seed=0, threads=1, progress=None):
-    """{kind: {method: {psnr, ssim, flicker, seconds}}} for every shot kind."""
+def run_benchmark(model="default", kinds=KINDS, frames=12, size=(240, 320), seed=0, threads=1, progress=None,
+                  no_keys=False, save_dir=None):
+    """{kind: {method: {psnr, ssim, flicker, seconds}}} for every shot kind.
+
+    ``no_keys``: no clean keyframe is given (every frame is a plate with its occluder);
+    keyprop fills from the shot's own frames, and the baselines are Telea and the DIS warp
+    from the nearest frame whose aligned hole is unmasked. Kind 'static_occluder' (a region
+    never revealed) is accepted in this mode.
+    """
     from keyprop.core.api import Settings
     from keyprop.core.runtime import create_engine
 
@@ -111,23 +174,37 @@ def run_benchmark(model="default", kinds=KINDS, frames=12, size=(240, 320), seed
     fills = {"keyprop": lambda fr, ms, ks: fill_keyprop(fr, ms, ks, engine, settings),
              "flow_warp": fill_flow_warp, "nearest_key": fill_nearest_key, "telea": fill_telea}
     results = {}
+    methods = NO_KEY_METHODS if no_keys else METHODS
+    if no_keys:
+        fills["flow_warp"] = lambda fr, ms, ks: fill_flow_warp_revealing(fr, ms)
     for kind in kinds:
-        shot = make_shot(kind, frames, size, seed)
+        shot = static_occluder_shot(frames, size, seed) if kind == "static_occluder" else make_shot(kind, frames,
+                                                                                                   size, seed)
+        if no_keys:
+            shot.keys = []
         inputs = shot.frames_for_fill()
         results[kind] = {}
-        for method in METHODS:
+        filled_by_method = {}
+        for method in methods:
             start = time.time()
             filled = fills[method](inputs, shot.masks, shot.keys)
             results[kind][method] = {**score(shot, filled), "seconds": time.time() - start}
+            filled_by_method[method] = filled
+        if save_dir:
+            save_strip(save_dir, kind, shot, filled_by_method)
         if progress:
             progress(kind, results[kind])
     return results, engine.model_info
 
 
+def _methods(results):
+    return [m for m in METHODS if m in next(iter(results.values()))]
+
+
 def summary(results):
     """Mean over shots per method, and whether keyprop meets the goal (+3 dB, no shot below)."""
     means = {m: {k: float(np.mean([r[m][k] for r in results.values()])) for k in ("psnr", "ssim", "flicker")}
-             for m in METHODS}
+             for m in _methods(results)}
     margin = means["keyprop"]["psnr"] - means["flow_warp"]["psnr"]
     worst = min(r["keyprop"]["psnr"] - r["flow_warp"]["psnr"] for r in results.values())
     return means, {"margin_db": margin, "worst_shot_margin_db": worst, "goal_met": bool(margin >= 3.0 and worst >= 0.0)}
@@ -136,12 +213,13 @@ def summary(results):
 def table(results):
     """A markdown table: one row per shot, PSNR / SSIM / flicker per method."""
     means, goal = summary(results)
-    head = "| shot | " + " | ".join(f"{m} PSNR / SSIM / flicker" for m in METHODS) + " |"
-    lines = [head, "|" + "---|" * (len(METHODS) + 1)]
+    methods = _methods(results)
+    head = "| shot | " + " | ".join(f"{m} PSNR / SSIM / flicker" for m in methods) + " |"
+    lines = [head, "|" + "---|" * (len(methods) + 1)]
     fmt = lambda r: f"{r['psnr']:.2f} / {r['ssim']:.3f} / {r['flicker']:.2f}"  # noqa: E731
     for kind, r in results.items():
-        lines.append(f"| {kind} | " + " | ".join(fmt(r[m]) for m in METHODS) + " |")
-    lines.append("| **mean** | " + " | ".join(f"**{fmt(means[m])}**" for m in METHODS) + " |")
+        lines.append(f"| {kind} | " + " | ".join(fmt(r[m]) for m in methods) + " |")
+    lines.append("| **mean** | " + " | ".join(f"**{fmt(means[m])}**" for m in methods) + " |")
     lines.append("")
     lines.append(f"keyprop - flow_warp: {goal['margin_db']:+.2f} dB mean, {goal['worst_shot_margin_db']:+.2f} dB on "
                  f"the worst shot; goal (+3 dB, no shot below): {'met' if goal['goal_met'] else 'NOT met'}")
@@ -158,9 +236,13 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--check", action="store_true", help="exit 1 unless the +3 dB goal is met")
+    p.add_argument("--save-dir", default=None,
+                   help="write each shot's middle frame as plate | fills (method order) | truth PNG here")
+    p.add_argument("--no-keys", action="store_true",
+                   help="no clean keyframes: fill from the shot's own frames (adds shot kind static_occluder)")
     args = p.parse_args(argv)
     kinds = [k.strip() for k in args.shots.split(",") if k.strip()]
-    unknown = [k for k in kinds if k not in KINDS]
+    unknown = [k for k in kinds if k not in KINDS and not (args.no_keys and k == "static_occluder")]
     if unknown:
         print(f"quality.py: unknown shot kind(s) {unknown}; known: {', '.join(KINDS)}", file=sys.stderr)
         return 2
@@ -171,15 +253,17 @@ def main(argv=None) -> int:
         return 2
 
     def progress(kind, r):
-        print(f"{kind:13s} " + "  ".join(f"{m} {r[m]['psnr']:.2f} dB" for m in METHODS), file=sys.stderr, flush=True)
+        print(f"{kind:13s} " + "  ".join(f"{m} {r[m]['psnr']:.2f} dB" for m in r), file=sys.stderr, flush=True)
 
     try:
-        results, info = run_benchmark(args.model, kinds, args.frames, (h, w), args.seed, args.threads, progress)
+        results, info = run_benchmark(args.model, kinds, args.frames, (h, w), args.seed, args.threads, progress,
+                                      no_keys=args.no_keys, save_dir=args.save_dir)
     except (FileNotFoundError, ValueError) as exc:
         print(f"quality.py: {exc}", file=sys.stderr)
         return 2
     print(f"model: {info.get('path') or args.model} (preset {info.get('preset')}, origin {info.get('origin')}); "
-          f"{args.frames} frames of {w}x{h} per shot, keyframes first and last")
+          f"{args.frames} frames of {w}x{h} per shot, "
+          + ("no keyframes (sources from the shot)" if args.no_keys else "keyframes first and last"))
     print(table(results))
     if args.json:
         Path(args.json).write_text(json.dumps({"model": info, "results": results,

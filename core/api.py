@@ -272,6 +272,9 @@ class ShotFiller:
                 handles.append(self._plate_handle(cand))
                 flows.append(f)
                 errs.append(e)
+                src, src_hole = self.plate_frame(cand)
+                # Where the source's own hole lands, its warped pixels are no evidence at all.
+                warps.append((flowlib.warp(src, f), e + 1000.0 * (flowlib.warp(src_hole, f) > 0)))
         if not handles:
             # Nothing else shows this region: the frame is its own (holed) source.
             handles.append(self.engine.encode_keyframe(self._net_input(target, hole)))
