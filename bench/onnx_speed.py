@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import statistics
 import sys
 import tempfile
 import time
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from keyprop.core.runtime import TorchEngine, load_model
+from model_speed import timed  # bench/ is on sys.path when a bench script runs: one timing rule
 from keyprop.export.engine import OnnxEngine
 
 
@@ -33,16 +33,6 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     return p.parse_args(argv)
-
-
-def timed(fn, repeats):
-    fn()  # warm-up (allocators, oneDNN / MLAS kernels)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main(argv=None):

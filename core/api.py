@@ -342,6 +342,15 @@ class ShotFiller:
 
 # --- files ----------------------------------------------------------------------------------
 
+def shot_roi(bbox, size, settings: Settings, stride: int) -> ROI:
+    """The ROI around the union of a shot's mask boxes, grown by what dilate/feather reach
+    (plus the network hole's 2 px) so every pixel the composite can touch is inside it."""
+    grow = settings.dilate + int(np.ceil(2.5 * settings.feather)) + 2
+    bbox = (max(0, bbox[0] - grow), max(0, bbox[1] - grow), min(size[0], bbox[2] + grow),
+            min(size[1], bbox[3] + grow))
+    return plan_roi(bbox, size, settings.work_res, stride, settings.margin)
+
+
 def _shot_roi(shot: Shot, frames_all: Sequence[int], size, engine, settings: Settings) -> Optional[ROI]:
     """The ROI of the whole plate range (not just this chunk): chunks must agree."""
     boxes = []
@@ -357,10 +366,7 @@ def _shot_roi(shot: Shot, frames_all: Sequence[int], size, engine, settings: Set
     bbox = union_bbox(boxes)
     if bbox is None:
         return None
-    grow = settings.dilate + int(np.ceil(2.5 * settings.feather)) + 2
-    bbox = (max(0, bbox[0] - grow), max(0, bbox[1] - grow), min(size[0], bbox[2] + grow),
-            min(size[1], bbox[3] + grow))
-    return plan_roi(bbox, size, settings.work_res, engine.stride, settings.margin)
+    return shot_roi(bbox, size, settings, engine.stride)
 
 
 def _match_channels(pixels: np.ndarray, like: np.ndarray) -> np.ndarray:
@@ -487,9 +493,7 @@ def fill_frames(frames: Sequence[np.ndarray], masks: Sequence[np.ndarray], key_i
     bbox = union_bbox(mask_bbox(m) for m in masks)
     if bbox is None:
         return [f.copy() for f in frames]
-    grow = settings.dilate + int(np.ceil(2.5 * settings.feather)) + 2
-    bbox = (max(0, bbox[0] - grow), max(0, bbox[1] - grow), min(size[0], bbox[2] + grow), min(size[1], bbox[3] + grow))
-    roi = plan_roi(bbox, size, settings.work_res, engine.stride, settings.margin)
+    roi = shot_roi(bbox, size, settings, engine.stride)
     filler = ShotFiller(engine, roi, settings, linear, key_loader=lambda k: frames[k],
                         source_loader=lambda k: (frames[k], masks[k]))
     everything = set(range(len(frames)))

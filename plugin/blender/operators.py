@@ -213,28 +213,24 @@ class KEYPROP_OT_propagate(bpy.types.Operator):
         return {"FINISHED"}
 
 
+def _panel_source(role, kind, datablocks, pattern):
+    """The panel's choice for ``role`` ('plate'/'mask'): a datablock of ``kind``, or files."""
+    if kind in datablocks:
+        block, what = datablocks[kind]
+        if block is None:
+            raise SourceError(f"choose {what} as {role}")
+        return Source(kind, block.name)
+    return Source("FILES", pattern=pattern)
+
+
 def _request_from_panel(scene):
     s = scene.keyprop
-    if s.plate_source == "CLIP":
-        if s.plate_clip is None:
-            raise SourceError("choose a Movie Clip as plate")
-        plate = Source("CLIP", s.plate_clip.name)
-    elif s.plate_source == "IMAGE":
-        if s.plate_image is None:
-            raise SourceError("choose an image sequence as plate")
-        plate = Source("IMAGE", s.plate_image.name)
-    else:
-        plate = Source("FILES", pattern=s.plate_pattern)
-    if s.mask_source == "MASK":
-        if s.mask is None:
-            raise SourceError("choose a Mask as mask")
-        mask = Source("MASK", s.mask.name)
-    elif s.mask_source == "IMAGE":
-        if s.mask_image is None:
-            raise SourceError("choose an image sequence as mask")
-        mask = Source("IMAGE", s.mask_image.name)
-    else:
-        mask = Source("FILES", pattern=s.mask_pattern)
+    plate = _panel_source("plate", s.plate_source, {"CLIP": (s.plate_clip, "a Movie Clip"),
+                                                     "IMAGE": (s.plate_image, "an image sequence")},
+                          s.plate_pattern)
+    mask = _panel_source("mask", s.mask_source, {"MASK": (s.mask, "a Mask"),
+                                                 "IMAGE": (s.mask_image, "an image sequence")},
+                         s.mask_pattern)
     first, last = (scene.frame_start, scene.frame_end) if s.use_scene_range else (s.frame_start, s.frame_end)
     req = Request(plate, mask, out=s.output, keys_pattern=s.keys_pattern,
                   key_frames=[(k.frame, k.filepath) for k in s.keyframes], frame_start=first, frame_end=last)
