@@ -53,7 +53,8 @@ class Settings:
     margin: float = 0.5              # context around the masks' bounding box, fraction of its size
     linear: Optional[bool] = None    # plate is scene-linear; None = EXR/float linear, integers display
     detail: bool = True              # restore plate-resolution keyframe detail where the ROI was downscaled
-    warp_blend: bool = True          # take the flow-warped keyframe where its flow is consistent
+    warp_blend: bool = True          # take the flow-warped sources where their flow is consistent
+    plate_sources: bool = True       # plate frames that show the hole serve beside keyframes
     threads: Optional[int] = None    # CPU threads for the engine (None = all)
 
     @classmethod
@@ -139,7 +140,77 @@ SOURCE_OFFSETS = (1, -1, 2, -2, 4, -4, 8, -8, 16, -16, 32, -32)
 MIN_SOURCE_GAIN = 0.02
 # Forward-backward flow error (working pixels) at which a warped keyframe and the network
 # weigh about equally (weight exp(-1) at this error, ~0.94 at a quarter of it).
-BLEND_ERROR_PX = 2.0
+BLEND_ERROR_PX = 1.0
+# Mean colour difference (display units) between a warped source and the target's known
+# pixels at which the source's weight falls to exp(-1).
+SCORE_TEMPERATURE = 0.01
+MAX_FLOW_ERROR_PX = 20.0
+# Weight of the network's own fill against the warped sources (each weighs up to 1).
+NETWORK_WEIGHT = 0.001
+# Width (working pixels) of the ring around the hole on which colour is matched.
+RING_PX = 12
+
+
+def match_colour(warped: np.ndarray, target: np.ndarray, hole: np.ndarray, error: np.ndarray) -> np.ndarray:
+    """``warped`` with the per-channel exposure gain that matches it to ``target`` around the hole.
+
+    Exposure and white balance are gains in scene-linear light: the gain per channel is the
+    ratio of the target's to the source's mean linear value on a ring of known target pixels
+    around the hole where the warp is consistent (error < 1 px). Means are insensitive to
+    slight misalignment (a least-squares fit would shrink towards flat). Left unchanged when
+    the ring is too small or dark.
+    """
+    ring = cv2.dilate(hole.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * RING_PX + 1,) * 2))
+    ring = (ring > 0) & (hole == 0) & (error < 1.0)
+    if ring.sum() < 64:
+        return warped
+    # A gain in linear light is a gain of gain^(1/2.2) on display values (gamma 2.2 stands
+    # in for the transfer curve; the display values must not be decoded through the
+    # highlight roll-off, where 1.0 means infinity).
+    src = (np.clip(warped[ring], 0.0, 1.0) ** 2.2).mean(axis=0)
+    dst = (np.clip(target[ring], 0.0, 1.0) ** 2.2).mean(axis=0)
+    gain = np.where(src > 1e-3, dst / np.maximum(src, 1e-3), 1.0) ** (1 / 2.2)
+    gain = np.clip(gain, 0.5, 2.0).astype(np.float32)
+    if np.all(np.abs(gain - 1.0) < 1e-3):
+        return warped
+    return (warped * gain).astype(np.float32)
+
+
+def source_score(warped: np.ndarray, target: np.ndarray, hole: np.ndarray, error: np.ndarray):
+    """(score, usable) of a warped source, per pixel: lower scores are better matches.
+
+    The score is the source's colour difference to the target (display units) on the
+    target's known pixels, smoothed and carried into the hole from its surroundings by
+    push-pull (nearest first): inside the hole there is nothing to compare with, and the
+    flows there are completions whose mutual error says little. ``usable`` is False where
+    the flow leaves the source or lands in the source's own hole.
+    """
+    usable = error < flowlib.OUT_OF_FRAME_ERROR
+    known = (hole == 0) & usable
+    photo = cv2.GaussianBlur(np.abs(warped - target).mean(axis=2), (0, 0), 2.0)
+    photo = np.where(error > MAX_FLOW_ERROR_PX, np.float32(1.0), photo)
+    score = flowlib.complete_flow(photo[:, :, None].astype(np.float32), known)[:, :, 0]
+    return score.astype(np.float32), usable
+
+
+def fuse_warps(fill: np.ndarray, warps: Sequence[tuple]) -> np.ndarray:
+    """Blend the flow-warped sources with the network's fill, per pixel.
+
+    ``warps``: (warped source, score, usable) triples (see :func:`source_score`). Each
+    usable source weighs exp(-(score - best score) / SCORE_TEMPERATURE): the best match
+    dominates, sources about as good are averaged (grain and noise average out). The
+    network's fill takes what no source can show, and weighs NETWORK_WEIGHT elsewhere.
+    """
+    scores = np.stack([np.where(u, sc, np.inf) for _, sc, u in warps])
+    best = scores.min(axis=0)
+    total = np.full(fill.shape[:2], NETWORK_WEIGHT, np.float32)
+    acc = fill * NETWORK_WEIGHT
+    for (warped, _, usable), sc in zip(warps, scores):
+        wgt = np.where(usable, np.exp(-(sc - np.where(np.isfinite(best), best, 0)) / SCORE_TEMPERATURE), 0.0)
+        wgt = wgt.astype(np.float32)
+        acc = acc + wgt[:, :, None] * warped
+        total += wgt
+    return (acc / total[:, :, None]).astype(np.float32)
 
 
 class _LRU(OrderedDict):
@@ -248,12 +319,12 @@ class ShotFiller:
 
     def fill(self, pixels: np.ndarray, mask: np.ndarray, key_frames: Sequence[int],
              source_candidates: Sequence[int] = (), frame: Optional[int] = None) -> np.ndarray:
-        """Composite the network's fill into ``pixels`` (H, W, C) where ``mask`` (H, W) says.
+        """Composite the fill into ``pixels`` (H, W, C) where ``mask`` (H, W) says.
 
-        Sources: the given keyframes, then (if fewer than two keyframes) plate frames from
-        ``source_candidates`` chosen by :meth:`choose_sources`; with neither, the frame
-        itself (single-image inpainting). Returns a new array; pixels with zero composite
-        weight are copied unchanged.
+        Sources: the given keyframes first, then (``plate_sources``, or fewer than two
+        keyframes) plate frames from ``source_candidates`` chosen by :meth:`choose_sources`,
+        up to ``max_sources`` in all; with none, the frame itself (single-image inpainting).
+        Returns a new array; pixels with zero composite weight are copied unchanged.
         """
         roi, s = self.roi, self.settings
         target, hole = self._prepare(pixels, mask)
@@ -266,7 +337,8 @@ class ShotFiller:
             errs.append(e)
             detail_key = (key_plate, f, e) if detail_key is None else detail_key
             warps.append((flowlib.warp(key_work, f), e))
-        if len(key_frames) < 2 and source_candidates and self.source_loader is not None:
+        use_plate = s.plate_sources or len(key_frames) < 2
+        if use_plate and source_candidates and self.source_loader is not None:
             for cand, f, e in self.choose_sources(frame, target, hole, source_candidates,
                                                   s.max_sources - len(key_frames)):
                 handles.append(self._plate_handle(cand))
@@ -274,7 +346,7 @@ class ShotFiller:
                 errs.append(e)
                 src, src_hole = self.plate_frame(cand)
                 # Where the source's own hole lands, its warped pixels are no evidence at all.
-                warps.append((flowlib.warp(src, f), e + 1000.0 * (flowlib.warp(src_hole, f) > 0)))
+                warps.append((flowlib.warp(src, f), np.where(flowlib.warp(src_hole, f) > 0, flowlib.OUT_OF_FRAME_ERROR, e)))
         if not handles:
             # Nothing else shows this region: the frame is its own (holed) source.
             handles.append(self.engine.encode_keyframe(self._net_input(target, hole)))
@@ -285,7 +357,9 @@ class ShotFiller:
                                 np.stack([e[None] for e in errs]))  # (3, h, w)
         fill = np.ascontiguousarray(fill.transpose(1, 2, 0))
         if s.warp_blend and warps:
-            fill = self._blend_warped_keys(fill, warps)
+            warps = [(match_colour(w, target, hole, e), e) for w, e in warps]
+            warps = [(w, *source_score(w, target, hole, e)) for w, e in warps]
+            fill = fuse_warps(fill, warps)
         fill = roi.to_plate(fill)
         if s.detail and roi.scale < 0.999 and detail_key is not None:
             key_plate, f, e = detail_key
@@ -294,22 +368,6 @@ class ShotFiller:
         if self.linear:
             fill = color.to_linear(fill).astype(np.float32)
         return self._composite(pixels, fill, composite_alpha(roi.crop(mask), s.dilate, s.feather))
-
-    @staticmethod
-    def _blend_warped_keys(fill, warps):
-        """Where a keyframe's flow is consistent, take its warped pixels; elsewhere the network's.
-
-        Per pixel, the keyframe with the smallest forward-backward error wins; its weight is
-        exp(-(error / BLEND_ERROR_PX)^2), so consistent flow copies the keyframe and failing
-        flow hands over to the network (which also sees the error map and fills what no flow
-        reaches).
-        """
-        errors = np.stack([np.clip(e, 0, 50) for _, e in warps])  # (T, h, w)
-        best = np.argmin(errors, axis=0)
-        warped = np.take_along_axis(np.stack([w for w, _ in warps]), best[None, :, :, None], axis=0)[0]
-        err = np.take_along_axis(errors, best[None], axis=0)[0]
-        weight = np.exp(-(err / BLEND_ERROR_PX) ** 2)[:, :, None]
-        return (weight * warped + (1.0 - weight) * fill).astype(np.float32)
 
     def _restore_detail(self, fill, key_plate, flow_work, err_work):
         """Add the nearest keyframe's high frequencies, warped at plate resolution, where flow agrees."""
