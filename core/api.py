@@ -143,7 +143,8 @@ MIN_SOURCE_GAIN = 0.02
 BLEND_ERROR_PX = 1.0
 # Mean colour difference (display units) between a warped source and the target's known
 # pixels at which the source's weight falls to exp(-1).
-SCORE_TEMPERATURE = 0.01
+SCORE_TEMPERATURE = 0.3
+SCORE_FLOOR = 0.001
 MAX_FLOW_ERROR_PX = 20.0
 # Weight of the network's own fill against the warped sources (each weighs up to 1).
 NETWORK_WEIGHT = 0.001
@@ -187,8 +188,11 @@ def source_score(warped: np.ndarray, target: np.ndarray, hole: np.ndarray, error
     """
     usable = error < flowlib.OUT_OF_FRAME_ERROR
     known = (hole == 0) & usable
-    photo = cv2.GaussianBlur(np.abs(warped - target).mean(axis=2), (0, 0), 2.0)
-    photo = np.where(error > MAX_FLOW_ERROR_PX, np.float32(1.0), photo)
+    photo = np.abs(warped - target).mean(axis=2)
+    photo = np.where(error > MAX_FLOW_ERROR_PX, np.float32(1.0), photo) * known
+    # Smoothed over known pixels only (the hole's zeroed target must not bleed into its rim).
+    weight = cv2.GaussianBlur(known.astype(np.float32), (0, 0), 2.0)
+    photo = cv2.GaussianBlur(photo.astype(np.float32), (0, 0), 2.0) / np.maximum(weight, 1e-6)
     score = flowlib.complete_flow(photo[:, :, None].astype(np.float32), known)[:, :, 0]
     return score.astype(np.float32), usable
 
@@ -206,7 +210,8 @@ def fuse_warps(fill: np.ndarray, warps: Sequence[tuple]) -> np.ndarray:
     total = np.full(fill.shape[:2], NETWORK_WEIGHT, np.float32)
     acc = fill * NETWORK_WEIGHT
     for (warped, _, usable), sc in zip(warps, scores):
-        wgt = np.where(usable, np.exp(-(sc - np.where(np.isfinite(best), best, 0)) / SCORE_TEMPERATURE), 0.0)
+        base = np.where(np.isfinite(best), best, 0)
+        wgt = np.where(usable, np.exp(-(sc - base) / (SCORE_TEMPERATURE * base + SCORE_FLOOR)), 0.0)
         wgt = wgt.astype(np.float32)
         acc = acc + wgt[:, :, None] * warped
         total += wgt

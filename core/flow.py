@@ -59,7 +59,10 @@ _MASK_MARGIN = 8
 # The inpainted area grows only a little: a larger blob of smooth inpaint would
 # itself mismatch the key's texture.
 _PREFILL_MARGIN = 2
-_MASK_THRESHOLD = 0.5 / 255  # any non-zero mask value counts as "to fill"
+_MASK_THRESHOLD = 0.5 / 255
+# Width (working pixels) of the band of valid flow around a hole that the affine motion
+# completing it is fitted on.
+_RING_PX = 24  # any non-zero mask value counts as "to fill"
 
 
 # ----------------------------------------------------------------------------- warp
@@ -114,8 +117,40 @@ def complete_flow(flow: np.ndarray, valid: np.ndarray) -> np.ndarray:
         log.debug("complete_flow: no valid flow, returning zeros")
         return np.zeros_like(flow)
     weight = valid.astype(np.float32)
-    filled = _push_pull(flow * weight[:, :, None], weight)
+    base = _affine_base(flow, valid) if flow.shape[2] == 2 else None
+    if base is None:
+        filled = _push_pull(flow * weight[:, :, None], weight)
+    else:
+        residual = (flow - base) * weight[:, :, None]
+        filled = base + _push_pull(residual, weight)
     return np.where(valid[:, :, None], flow, filled).astype(np.float32)
+
+
+def _affine_base(flow: np.ndarray, valid: np.ndarray) -> np.ndarray | None:
+    """The affine motion that best explains the valid flow around the holes, as a flow field.
+
+    Camera moves (pan, zoom, roll) are affine to first order; a membrane through the
+    boundary flow is not (it flattens a zoom inside a large hole). Fitted robustly (RANSAC)
+    on valid pixels within _RING_PX of the holes; None when too few of them or no fit.
+    """
+    holes = (~valid).astype(np.uint8)
+    k = 2 * _RING_PX + 1
+    near = cv2.dilate(holes, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))).astype(bool) & valid
+    ys, xs = np.nonzero(near)
+    if ys.size < 50:
+        return None
+    step = max(1, ys.size // 4000)
+    ys, xs = ys[::step], xs[::step]
+    src = np.stack([xs, ys], axis=1).astype(np.float32)
+    dst = src + flow[ys, xs]
+    model, inliers = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=1.0)
+    if model is None or inliers is None or inliers.sum() < 0.3 * len(src):
+        return None
+    h, w = valid.shape
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    mx = model[0, 0] * gx + model[0, 1] * gy + model[0, 2] - gx
+    my = model[1, 0] * gx + model[1, 1] * gy + model[1, 2] - gy
+    return np.stack([mx, my], axis=2).astype(np.float32)
 
 
 def _push_pull(weighted: np.ndarray, weight: np.ndarray) -> np.ndarray:
@@ -252,7 +287,11 @@ def flow(target: np.ndarray, key: np.ndarray,
     k_luma = _prefill(k_luma, _hole(key_mask, shape, _PREFILL_MARGIN))
     t_hole, k_hole = _hole(target_mask, shape, _MASK_MARGIN), _hole(key_mask, shape, _MASK_MARGIN)
 
-    forward_w = complete_flow(_dis(t_luma, k_luma), ~t_hole)
+    forward_w = _dis(t_luma, k_luma)
+    # Target pixels whose match lies in the key's hole matched inpainted key content: as
+    # untrustworthy as the target's own hole.
+    lands_in_key_hole = warp(k_hole.astype(np.float32), forward_w, cv2.BORDER_CONSTANT) > 0 if k_hole.any() else False
+    forward_w = complete_flow(forward_w, ~(t_hole | lands_in_key_hole))
     backward_w = _dis(k_luma, t_luma)
     # Key pixels whose match lies in the target's hole are as untrustworthy as the
     # hole itself: complete the backward flow there too, or the consistency error

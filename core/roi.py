@@ -114,6 +114,14 @@ def plan_roi(bbox, frame_size: Tuple[int, int], work_res: int, stride: int = 8, 
     x0, x1 = _grow_to(x0, x1, min(MIN_WORK_SIDE, w), w)
     rh, rw = y1 - y0, x1 - x0
     scale = min(1.0, work_res / max(rh, rw))
+    if scale == 1.0:
+        # At plate resolution, grow the box to whole strides rather than resample it by a
+        # pixel or two (a resize blurs every pixel of the fill); where the frame has no room
+        # the box is resized as below.
+        y0, y1 = _grow_to(y0, y1, -(-rh // stride) * stride, h)
+        x0, x1 = _grow_to(x0, x1, -(-rw // stride) * stride, w)
+        rh, rw = y1 - y0, x1 - x0
+        scale = min(1.0, work_res / max(rh, rw))
     work_h = max(_round_to(rh * scale, stride), MIN_WORK_SIDE if rh >= MIN_WORK_SIDE else _round_to(rh, stride))
     work_w = max(_round_to(rw * scale, stride), MIN_WORK_SIDE if rw >= MIN_WORK_SIDE else _round_to(rw, stride))
     # Tiny frames (below the network's minimum) are upscaled rather than refused.

@@ -112,3 +112,26 @@ def test_size_mismatch_is_an_error():
     with pytest.raises(ValueError, match="target_mask"):
         F.flow(np.zeros((10, 12, 3), np.float32), np.zeros((10, 12, 3), np.float32),
                target_mask=np.zeros((9, 12), np.float32))
+
+
+def test_complete_flow_continues_a_zoom_and_roll_inside_a_large_hole():
+    """A camera zoom with roll is affine: the hole's flow continues it (a membrane would flatten it)."""
+    h, w = 120, 160
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    a = np.deg2rad(5.0)
+    s = 1.15
+    cx, cy = w / 2, h / 2
+    x2 = s * (np.cos(a) * (gx - cx) - np.sin(a) * (gy - cy)) + cx + 3
+    y2 = s * (np.sin(a) * (gx - cx) + np.cos(a) * (gy - cy)) + cy - 2
+    true = np.stack([x2 - gx, y2 - gy], axis=2).astype(np.float32)
+    valid = np.ones((h, w), bool)
+    valid[25:95, 40:120] = False
+    done = F.complete_flow(np.where(valid[:, :, None], true, 0.0).astype(np.float32), valid)
+    assert np.abs(done - true)[~valid].max() < 0.05
+    # Noisy valid flow (a few wild vectors) still gives a sensible completion.
+    noisy = true.copy()
+    rng = np.random.default_rng(0)
+    wild = rng.random((h, w)) < 0.05
+    noisy[wild] += rng.normal(0, 20, (int(wild.sum()), 2)).astype(np.float32)
+    done = F.complete_flow(np.where(valid[:, :, None], noisy, 0.0).astype(np.float32), valid)
+    assert np.abs(done - true)[~valid].mean() < 1.0
