@@ -241,7 +241,8 @@ class ShotFiller:
     ``key_loader(frame) -> (H, W, C)`` plate-valued keyframe pixels; ``source_loader(frame)
     -> (pixels, mask)`` a plate frame and its mask, for shots filled from their own frames;
     ``linear`` says whether pixel values are scene-linear (converted to display for the
-    network).
+    network). Loaders may return full frames or their ROI crops (an ROI-sized array is
+    taken as a crop), and :meth:`fill` takes either too: a crop in, the filled crop out.
     """
 
     def __init__(self, engine, roi: ROI, settings: Settings, linear: bool,
@@ -253,6 +254,11 @@ class ShotFiller:
         self._plate = _LRU(2 * len(SOURCE_OFFSETS) + 2)      # frame -> (work RGB with hole zeroed, hole)
         self._encoded = _LRU(max(4, settings.max_sources + 2))  # frame -> engine handle
 
+    def _crop(self, image: np.ndarray) -> np.ndarray:
+        """The ROI of a full frame; an ROI-sized array is taken as already cropped."""
+        roi = self.roi
+        return image if image.shape[:2] == (roi.height, roi.width) else roi.crop(image)
+
     def _display(self, pixels: np.ndarray) -> np.ndarray:
         rgb = _rgb3(pixels).astype(np.float32)
         rgb = color.to_display(rgb) if self.linear else rgb
@@ -261,8 +267,8 @@ class ShotFiller:
     def _prepare(self, pixels: np.ndarray, mask: np.ndarray):
         """Plate pixels and mask -> working-size display RGB (hole zeroed) and binary hole."""
         roi = self.roi
-        hole = (roi.resize_to_work(network_hole(roi.crop(mask), self.settings.dilate)) > 0).astype(np.float32)
-        rgb = roi.resize_to_work(self._display(roi.crop(pixels))) * (1.0 - hole[:, :, None])
+        hole = (roi.resize_to_work(network_hole(self._crop(mask), self.settings.dilate)) > 0).astype(np.float32)
+        rgb = roi.resize_to_work(self._display(self._crop(pixels))) * (1.0 - hole[:, :, None])
         return rgb, hole
 
     @staticmethod
@@ -272,7 +278,7 @@ class ShotFiller:
     def keyframe(self, frame: int):
         """(handle, working display RGB, ROI display RGB at plate size) of a keyframe, cached."""
         if frame not in self._keys:
-            crop = self._display(self.roi.crop(self.key_loader(frame)))
+            crop = self._display(self._crop(self.key_loader(frame)))
             work = self.roi.resize_to_work(crop)
             handle = self.engine.encode_keyframe(self._net_input(work, np.zeros(work.shape[:2], np.float32)))
             self._keys[frame] = (handle, work, crop)
@@ -372,7 +378,7 @@ class ShotFiller:
         fill = np.clip(fill, 0.0, 1.0)
         if self.linear:
             fill = color.to_linear(fill).astype(np.float32)
-        return self._composite(pixels, fill, composite_alpha(roi.crop(mask), s.dilate, s.feather))
+        return self._composite(pixels, fill, composite_alpha(self._crop(mask), s.dilate, s.feather))
 
     def _restore_detail(self, fill, key_plate, flow_work, err_work):
         """Add the nearest keyframe's high frequencies, warped at plate resolution, where flow agrees."""
@@ -390,7 +396,7 @@ class ShotFiller:
     def _composite(self, pixels, fill, alpha):
         roi = self.roi
         out = pixels.copy()
-        region = out[roi.y0:roi.y1, roi.x0:roi.x1]
+        region = out if out.shape[:2] == (roi.height, roi.width) else out[roi.y0:roi.y1, roi.x0:roi.x1]
         a = alpha[:, :, None]
         if region.ndim == 2 or region.shape[2] == 1:
             fill = fill.mean(axis=2, keepdims=True)
@@ -482,39 +488,52 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
     result = Result(model_info=dict(engine.model_info), roi=roi)
     if roi is None:
         log.warning("every mask of the shot is empty: frames pass through unchanged")
-    first_plate = io.read_image(expand(shot.plate, frames[0]))
-    linear = settings.linear if settings.linear is not None else color.is_linear_by_default(first_plate.format)
+    first_format = io.read_frame(expand(shot.plate, frames[0])).format
+    linear = settings.linear if settings.linear is not None else color.is_linear_by_default(first_format)
     if not key_frames:
         log.warning("no keyframes: filling from the shot's own frames (at most %d sources per frame)",
                     settings.max_sources)
 
+    box = (roi.y0, roi.y1, roi.x0, roi.x1) if roi else (0, size[0], 0, size[1])
+    frames_read = _LRU(4)   # frame -> (plate Frame, mask ROI crop): the next target is often read as a source
+
+    def load(k):
+        """A plate frame (file samples) and its mask's ROI crop, read once however often used."""
+        def read():
+            mask_path = expand(shot.mask, k)
+            mask = io.mask_from_pixels(io.read_frame(mask_path).region(*box)) if os.path.exists(mask_path) else None
+            return io.read_frame(expand(shot.plate, k)), mask
+        return frames_read.get_or(k, read)
+
     def load_source(k):
-        return io.read_image(expand(shot.plate, k)).pixels, io.read_mask(expand(shot.mask, k))
+        plate, mask = load(k)
+        return plate.region(*box), mask
 
     filler = ShotFiller(engine, roi, settings, linear,
-                        key_loader=lambda k: io.read_image(expand(shot.keys, k)).pixels,
+                        key_loader=lambda k: io.read_frame(expand(shot.keys, k)).region(*box),
                         source_loader=load_source) if roi else None
     plate_with_masks = set(mask_frames)
     keys_set = set(key_frames)
     total, done = len(frames), 0
-    for frame in frames:
-        if cancel is not None and cancel.is_set():
-            result.cancelled = True
-            log.info("cancelled after %d of %d frames", done, total)
-            break
-        t0 = time.perf_counter()
-        out_path = expand(shot.out, frame)
-        if resume and os.path.exists(out_path):
-            status = "skipped"
-        else:
-            plate = first_plate if frame == frames[0] else io.read_image(expand(shot.plate, frame))
-            if frame in keys_set:
-                status = "keyframe"
-                pixels = _match_channels(io.read_image(expand(shot.keys, frame)).pixels, plate.pixels)
+    writer = _Writer()
+    try:
+        for frame in frames:
+            if cancel is not None and cancel.is_set():
+                result.cancelled = True
+                log.info("cancelled after %d of %d frames", done, total)
+                break
+            t0 = time.perf_counter()
+            out_path = expand(shot.out, frame)
+            if resume and os.path.exists(out_path):
+                status, job = "skipped", None
             else:
-                mask = io.read_mask(expand(shot.mask, frame))
-                if filler is None or not (mask > 0).any():
-                    status, pixels = "passthrough", plate.pixels
+                plate, mask = load(frame)
+                if frame in keys_set:
+                    status = "keyframe"
+                    pixels = _match_channels(io.read_image(expand(shot.keys, frame)).pixels, plate.region())
+                    job = (io.write_image, out_path, pixels, plate.format)
+                elif filler is None or not (mask > 0).any():
+                    status, job = "passthrough", (io.write_frame, out_path, plate)
                     log.info("frame %d: empty mask, plate passed through", frame)
                 else:
                     plan = plan_keyframes(frame, key_frames, settings.max_keys) if key_frames else []
@@ -522,14 +541,67 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
                     status = "filled" if plan or candidates else "inpainted"
                     if status == "inpainted":
                         log.warning("frame %d: no keyframe and no other frame: filled from its own context", frame)
-                    pixels = filler.fill(plate.pixels, mask, plan, candidates, frame)
-            io.write_image(out_path, pixels, like=plate.format)
-        done += 1
-        result.frames.append(frame)
-        result.statuses[frame] = status
-        if progress is not None:
-            progress(FrameEvent(frame, status, done, total, time.perf_counter() - t0, out_path))
+                    filled = filler.fill(plate.region(*box), mask, plan, candidates, frame)
+                    job = (io.write_frame, out_path, plate, filled, (box[0], box[2]))
+            # The write overlaps the next frame's fill; a frame counts as done once written.
+            for event in writer.submit(job, (frame, status, t0, out_path)):
+                done = _report(result, progress, event, done, total)
+        for event in writer.drain():
+            done = _report(result, progress, event, done, total)
+    finally:
+        writer.close()
     return result
+
+
+def _report(result: Result, progress, event, done: int, total: int) -> int:
+    frame, status, t0, path = event
+    done += 1
+    result.frames.append(frame)
+    result.statuses[frame] = status
+    if progress is not None:
+        progress(FrameEvent(frame, status, done, total, time.perf_counter() - t0, path))
+    return done
+
+
+class _Writer:
+    """Writes frames on one background thread, one frame behind the fill, in order.
+
+    Encoding a 4K frame costs as much as filling a small region of it; on its own thread
+    (codecs release the GIL) it overlaps the next frame's work. A failed write raises in
+    the caller at the next submit or drain; close() always waits, so no write is left
+    running (each is atomic: a temporary file renamed).
+    """
+
+    def __init__(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keyprop-write")
+        self._pending = None
+
+    def submit(self, job, event):
+        """Queue ``job`` (fn, *args) or None; yields the events of writes now finished."""
+        finished = list(self.drain())
+        future = self._pool.submit(job[0], *job[1:]) if job is not None else None
+        self._pending = (future, event)
+        return finished
+
+    def drain(self):
+        if self._pending is None:
+            return []
+        future, event = self._pending
+        self._pending = None
+        if future is not None:
+            future.result()
+        return [event]
+
+    def close(self):
+        pending, self._pending = self._pending, None
+        if pending is not None and pending[0] is not None:
+            try:
+                pending[0].result()
+            except Exception:  # noqa: BLE001 - the error that stopped the loop is the one to report
+                log.debug("pending write failed while stopping", exc_info=True)
+        self._pool.shutdown(wait=True)
 
 
 # --- in memory ------------------------------------------------------------------------------

@@ -50,6 +50,10 @@ __all__ = [
     "read_image",
     "write_image",
     "read_mask",
+    "Frame",
+    "read_frame",
+    "write_frame",
+    "mask_from_pixels",
     "image_size",
     "lossless_format",
     "SUPPORTED_EXTENSIONS",
@@ -266,6 +270,59 @@ def _to_rgb_order(array: np.ndarray) -> np.ndarray:
     return array
 
 
+@dataclasses.dataclass
+class Frame:
+    """A decoded frame kept in its file's samples, converted to float only where asked.
+
+    A plate's fill touches a small region; converting a whole 4K frame to float and back
+    costs more than the fill. ``raw`` is what the codec gave (BGR(A) or gray, file sample
+    type); :meth:`region` converts a box of it, :func:`write_frame` writes it back with a
+    box replaced, so samples outside the box are the file's own bytes.
+    """
+
+    raw: np.ndarray
+    format: ImageFormat
+    path: str
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(H, W)``."""
+        return self.raw.shape[0], self.raw.shape[1]
+
+    def region(self, y0: int = 0, y1: int | None = None, x0: int = 0, x1: int | None = None) -> np.ndarray:
+        """float32 ``(h, w, C)`` RGB(A) pixels of the box (integer files scaled to [0, 1])."""
+        box = self.raw[y0:y1, x0:x1]
+        array = _to_rgb_order(np.ascontiguousarray(box))
+        if array.dtype.name in _INT_MAX:
+            return array.astype(np.float32) / np.float32(_INT_MAX[array.dtype.name])
+        return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def read_frame(path: str | os.PathLike) -> Frame:
+    """Read one frame, keeping its file samples (see :class:`Frame`); checks as :func:`read_image`."""
+    path = os.fspath(path)
+    ext = _extension(path)
+    data = _read_bytes(path)
+    header = _exr_header(data, path) if ext == ".exr" else None
+    array = _decode(data, path)
+    channels = 1 if array.ndim == 2 else array.shape[2]
+    if channels not in (1, 3, 4):
+        raise KeypropInputError(f"{channels} channels, expected 1, 3 or 4", path)
+    if array.dtype == np.uint8 or array.dtype == np.uint16:
+        dtype = array.dtype.name
+    elif array.dtype == np.float32:
+        dtype = "float32"
+        _check_finite(array if array.ndim == 3 else array[:, :, None], path)
+    else:
+        raise KeypropInputError(
+            f"unsupported sample type {array.dtype} "
+            "(expected 8/16-bit integer, EXR half/float or 32-bit float TIFF)",
+            path,
+        )
+    fmt = _exr_format(header, channels, path) if header is not None else ImageFormat(ext, dtype, channels)
+    return Frame(raw=array, format=fmt, path=path)
+
+
 def read_image(path: str | os.PathLike) -> Image:
     """Read one frame.
 
@@ -280,36 +337,23 @@ def read_image(path: str | os.PathLike) -> Image:
         KeypropInputError: missing, unreadable or corrupt file, unsupported format
         or sample type, unsupported channel count, NaN/inf in a float file.
     """
-    path = os.fspath(path)
-    ext = _extension(path)
-    data = _read_bytes(path)
-    header = _exr_header(data, path) if ext == ".exr" else None
-    array = _decode(data, path)
-    array = _to_rgb_order(array)
-    channels = array.shape[2]
-    if channels not in (1, 3, 4):
-        raise KeypropInputError(f"{channels} channels, expected 1, 3 or 4", path)
+    frame = read_frame(path)
+    pixels = frame.region()
+    log.debug("read %s: %s %s", frame.path, pixels.shape, frame.format)
+    return Image(pixels=pixels, format=frame.format, path=frame.path)
 
-    if array.dtype == np.uint8 or array.dtype == np.uint16:
-        dtype = array.dtype.name
-        pixels = array.astype(np.float32) / np.float32(_INT_MAX[dtype])
-    elif array.dtype == np.float32:
-        dtype = "float32"
-        pixels = np.ascontiguousarray(array)
-        _check_finite(pixels, path)
-    else:
-        raise KeypropInputError(
-            f"unsupported sample type {array.dtype} "
-            "(expected 8/16-bit integer, EXR half/float or 32-bit float TIFF)",
-            path,
-        )
 
-    if header is not None:
-        fmt = _exr_format(header, channels, path)
+def mask_from_pixels(pixels: np.ndarray) -> np.ndarray:
+    """float32 ``(H, W)`` mask from float ``(H, W, C)`` pixels (the rule of :func:`read_mask`)."""
+    channels = pixels.shape[2]
+    if channels == 1:
+        mask = pixels[:, :, 0]
+    elif channels == 4 and pixels[:, :, 3].min() != pixels[:, :, 3].max():
+        mask = pixels[:, :, 3]
     else:
-        fmt = ImageFormat(ext, dtype, channels)
-    log.debug("read %s: %s %s", path, pixels.shape, fmt)
-    return Image(pixels=pixels, format=fmt, path=path)
+        rgb = pixels[:, :, :3]
+        mask = rgb @ np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)
+    return np.clip(mask, 0.0, 1.0).astype(np.float32, copy=False)
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
@@ -324,17 +368,7 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
 
     Values outside [0, 1] (float mattes) are clipped.
     """
-    image = read_image(path)
-    pixels = image.pixels
-    channels = pixels.shape[2]
-    if channels == 1:
-        mask = pixels[:, :, 0]
-    elif channels == 4 and pixels[:, :, 3].min() != pixels[:, :, 3].max():
-        mask = pixels[:, :, 3]
-    else:
-        rgb = pixels[:, :, :3]
-        mask = rgb @ np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)
-    return np.clip(mask, 0.0, 1.0).astype(np.float32, copy=False)
+    return mask_from_pixels(read_image(path).pixels)
 
 
 # ---------------------------------------------------------------------- size only
@@ -536,6 +570,45 @@ def write_image(path: str | os.PathLike, pixels: np.ndarray,
     fmt = ImageFormat(ext, dtype, pixels.shape[2],
                       params[3] if ext == ".exr" else None)
     log.debug("wrote %s: %s %s", path, pixels.shape, fmt)
+    return fmt
+
+
+def write_frame(path: str | os.PathLike, frame: Frame, pixels: np.ndarray | None = None,
+                box: tuple[int, int] = (0, 0)) -> ImageFormat:
+    """Write ``frame`` with the region at ``box`` (y0, x0) replaced by float ``pixels``.
+
+    Samples outside the region are the frame's file samples, untouched (no float round
+    trip). Same container and sample type as the frame's file; other outputs go through
+    :func:`write_image` with the whole frame converted. Atomic like :func:`write_image`.
+    """
+    path = os.fspath(path)
+    ext = _extension(path)
+    fmt = frame.format
+    if ext != fmt.extension or _target_dtype(ext, fmt, path) != fmt.dtype:
+        full = frame.region()
+        if pixels is not None:
+            y0, x0 = box
+            full[y0:y0 + pixels.shape[0], x0:x0 + pixels.shape[1]] = pixels
+        return write_image(path, full, like=fmt)
+    samples = frame.raw
+    if pixels is not None:
+        pixels = _check_pixels(pixels, ext, path)
+        if pixels.shape[2] != fmt.channels:
+            raise KeypropInputError(f"region has {pixels.shape[2]} channels, the frame {fmt.channels}", path)
+        y0, x0 = box
+        patch = _to_file_samples(pixels, fmt.dtype, path)
+        if fmt.dtype == "float16":
+            patch = patch.astype(np.float32)    # OpenCV holds EXR half as float32 samples
+        samples = samples.copy()
+        samples[y0:y0 + patch.shape[0], x0:x0 + patch.shape[1]] = patch
+    params = _encode_params(ext, fmt.dtype, fmt)
+    try:
+        ok, encoded = cv2.imencode(ext, samples, params)
+    except cv2.error as e:
+        raise KeypropInputError(f"image encoder failed ({e.msg.strip()})", path) from e
+    if not ok:
+        raise KeypropInputError("image encoder failed", path)
+    _write_atomic(path, encoded.tobytes())
     return fmt
 
 

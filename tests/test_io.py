@@ -236,3 +236,39 @@ def test_image_size_from_header(tmp_path, ext):
     _write_with_cv2(path, _random_file_samples("uint8" if ext != "exr" else "float32", 3,
                                                shape=(37, 53)))
     assert io.image_size(path) == (37, 53)
+
+
+@pytest.mark.parametrize("ext,dtype,channels", [(".png", "uint8", 3), (".png", "uint16", 4), (".png", "uint8", 1),
+                                                (".tif", "float32", 3), (".exr", "float16", 4),
+                                                (".exr", "float32", 3)])
+def test_write_frame_replaces_only_its_region(tmp_path, ext, dtype, channels):
+    rng = np.random.default_rng(0)
+    pixels = rng.random((40, 50, channels)).astype(np.float32)
+    src = tmp_path / f"plate{ext}"
+    io.write_image(src, pixels, like=io.ImageFormat(ext, dtype, channels, 3 if ext == ".exr" else None))
+    frame = io.read_frame(src)
+    whole = io.read_image(src).pixels
+    np.testing.assert_array_equal(frame.region(), whole)
+    np.testing.assert_array_equal(frame.region(5, 25, 10, 30), whole[5:25, 10:30])
+    patch = np.full((20, 20, channels), 0.25, np.float32)
+    out = tmp_path / f"out{ext}"
+    fmt = io.write_frame(out, frame, patch, (5, 10))
+    assert fmt == frame.format
+    back = io.read_image(out).pixels
+    outside = np.ones(back.shape[:2], bool)
+    outside[5:25, 10:30] = False
+    np.testing.assert_array_equal(back[outside], whole[outside])
+    # The same frame written the slow way (whole frame through float) is the same image.
+    expected = whole.copy()
+    expected[5:25, 10:30] = 0.25
+    io.write_image(tmp_path / f"slow{ext}", expected, like=frame.format)
+    np.testing.assert_array_equal(io.read_image(tmp_path / f"slow{ext}").pixels, back)
+
+
+def test_write_frame_into_another_container_converts_the_whole_frame(tmp_path):
+    io.write_image(tmp_path / "p.exr", np.full((8, 8, 3), 0.5, np.float32))
+    frame = io.read_frame(tmp_path / "p.exr")
+    fmt = io.write_frame(tmp_path / "o.png", frame, np.zeros((2, 2, 3), np.float32), (1, 1))
+    assert fmt.extension == ".png"
+    back = io.read_image(tmp_path / "o.png").pixels
+    assert back[1, 1, 0] == 0 and back[5, 5, 0] > 0.4
