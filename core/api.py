@@ -497,13 +497,17 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
     box = (roi.y0, roi.y1, roi.x0, roi.x1) if roi else (0, size[0], 0, size[1])
     frames_read = _LRU(4)   # frame -> (plate Frame, mask ROI crop): the next target is often read as a source
 
+    reading: Dict[int, object] = {}   # frame -> Future of read(frame), at most the next target
+
+    def read(k):
+        mask_path = expand(shot.mask, k)
+        mask = io.mask_from_pixels(io.read_frame(mask_path).region(*box)) if os.path.exists(mask_path) else None
+        return io.read_frame(expand(shot.plate, k)), mask
+
     def load(k):
         """A plate frame (file samples) and its mask's ROI crop, read once however often used."""
-        def read():
-            mask_path = expand(shot.mask, k)
-            mask = io.mask_from_pixels(io.read_frame(mask_path).region(*box)) if os.path.exists(mask_path) else None
-            return io.read_frame(expand(shot.plate, k)), mask
-        return frames_read.get_or(k, read)
+        future = reading.pop(k, None)
+        return frames_read.get_or(k, (lambda: future.result()) if future is not None else (lambda: read(k)))
 
     def load_source(k):
         plate, mask = load(k)
@@ -517,7 +521,12 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
     total, done = len(frames), 0
     writer = _Writer()
     try:
-        for frame in frames:
+        for i, frame in enumerate(frames):
+            # Decode the next frames (next targets, and the next source beyond them) while this
+            # one is filled: codecs release the GIL.
+            for upcoming in (frame + 1, frame + 2):
+                if upcoming in plate_with_masks and upcoming not in frames_read and upcoming not in reading:
+                    reading[upcoming] = writer.pool.submit(read, upcoming)
             if cancel is not None and cancel.is_set():
                 result.cancelled = True
                 log.info("cancelled after %d of %d frames", done, total)
@@ -577,6 +586,8 @@ class _Writer:
 
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keyprop-write")
         self._pending = None
+        # A second thread for reading ahead (see propagate); shut down with the writer.
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keyprop-read")
 
     def submit(self, job, event):
         """Queue ``job`` (fn, *args) or None; yields the events of writes now finished."""
@@ -602,6 +613,7 @@ class _Writer:
             except Exception:  # noqa: BLE001 - the error that stopped the loop is the one to report
                 log.debug("pending write failed while stopping", exc_info=True)
         self._pool.shutdown(wait=True)
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 # --- in memory ------------------------------------------------------------------------------
