@@ -58,7 +58,11 @@ def make_shot(root: Path, size, frames: int, mask_fraction: float, distinct: int
                 keys=str(root / "key.####.png"), out=str(root / "out" / "f.####.png"))
 
 
+EXTRA = {}   # settings every run gets (--no-plate-sources)
+
+
 def run(paths: dict, model: str, threads: int, frames: str, **settings) -> float:
+    settings = {**EXTRA, **settings}
     from keyprop.core.api import Settings, propagate
     from keyprop.core.runtime import create_engine
     from keyprop.core.shot import Shot
@@ -120,8 +124,12 @@ def main(argv=None):
     p.add_argument("--model", default="preset:small", help="model file or preset:NAME (random weights)")
     p.add_argument("--sizes", nargs="+", default=["1080p", "4K"], choices=list(SIZES))
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-plate-sources", action="store_true",
+                   help="keyframes only (no plate frames as extra sources), as before plate sources existed")
     p.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.no_plate_sources:
+        EXTRA["plate_sources"] = False
     if args.memory_child:
         return _memory_child(args.memory_child, args.model, args.threads)
     for part in args.only or ["fps", "roi", "memory"]:

@@ -53,7 +53,9 @@ def _add_common(p) -> None:
     p.add_argument("--feather", type=float, help="soften the fill's edge by PX pixels (default 0)")
     p.add_argument("--max-keys", type=int, dest="max_keys", help="keyframes per target (default 2)")
     p.add_argument("--max-sources", type=int, dest="max_sources",
-                   help="plate frames used as sources per target when keyframes are missing (default 4)")
+                   help="sources per target, keyframes included; plate frames fill the rest (default 4)")
+    p.add_argument("--no-plate-sources", action="store_false", dest="plate_sources", default=None,
+                   help="with keyframes, use only them (plate frames still serve when keyframes are missing)")
     p.add_argument("--work-res", type=int, dest="work_res", help="network resolution, ROI long side (default 640)")
     p.add_argument("--threads", type=int, help="CPU threads (default: all)")
     p.add_argument("--linear", choices=["auto", "yes", "no"], help="plate is scene-linear (default: EXR/float yes)")

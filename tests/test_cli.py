@@ -30,3 +30,15 @@ def test_console_script_runs():
     assert proc.returncode == 0 and proc.stdout.strip()
     proc = subprocess.run([sys.executable, "-m", "keyprop.cli"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "no command" in proc.stderr
+
+
+def test_run_flags_reach_the_settings():
+    from keyprop.core import run_cli
+
+    args = cli.parse_args(["run", "--plate", "p.####.png", "--mask", "m.####.png", "--out", "o.####.png",
+                           "--no-plate-sources", "--max-sources", "3"])
+    settings, shot, _ = run_cli._settings_and_shot(run_cli._job_values(args))
+    assert settings.plate_sources is False and settings.max_sources == 3
+    args = cli.parse_args(["run", "--plate", "p.####.png", "--mask", "m.####.png", "--out", "o.####.png"])
+    settings, _, _ = run_cli._settings_and_shot(run_cli._job_values(args))
+    assert settings.plate_sources is True
