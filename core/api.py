@@ -146,6 +146,8 @@ BLEND_ERROR_PX = 1.0
 SCORE_TEMPERATURE = 0.3
 SCORE_FLOOR = 0.001
 MAX_FLOW_ERROR_PX = 20.0
+# Pre-align sources with a feature homography before DIS (core.flow.flow(prealign=True)).
+PREALIGN = True
 # Weight of the network's own fill against the warped sources (each weighs up to 1).
 NETWORK_WEIGHT = 0.001
 # Width (working pixels) of the ring around the hole on which colour is matched.
@@ -294,7 +296,7 @@ class ShotFiller:
 
     def _flow(self, target, hole, source, source_hole=None):
         f, e = flowlib.flow(target, source, target_mask=hole, key_mask=source_hole,
-                            work_size=max(self.roi.work_h, self.roi.work_w))
+                            work_size=max(self.roi.work_h, self.roi.work_w), prealign=PREALIGN)
         return f, e
 
     def choose_sources(self, frame: int, target, hole, candidates: Sequence[int], limit: int):

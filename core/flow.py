@@ -62,7 +62,10 @@ _PREFILL_MARGIN = 2
 _MASK_THRESHOLD = 0.5 / 255
 # Width (working pixels) of the band of valid flow around a hole that the affine motion
 # completing it is fitted on.
-_RING_PX = 24  # any non-zero mask value counts as "to fill"
+_RING_PX = 24
+# Pre-alignment (flow(prealign=True)) is skipped when no frame corner moves this far (working
+# pixels): DIS alone handles small motion.
+_PREALIGN_MIN_PX = 6.0  # any non-zero mask value counts as "to fill"
 
 
 # ----------------------------------------------------------------------------- warp
@@ -252,9 +255,83 @@ def consistency_error(forward: np.ndarray, backward: np.ndarray) -> np.ndarray:
     return err
 
 
+def _homography(t_luma: np.ndarray, k_luma: np.ndarray, t_hole: np.ndarray, k_hole: np.ndarray):
+    """Target->key homography from ORB matches outside the holes (RANSAC), or None.
+
+    None when too few matches agree, or when the motion is small enough for DIS alone
+    (no corner of the frame moves more than _PREALIGN_MIN_PX).
+    """
+    orb = cv2.ORB_create(nfeatures=1500, fastThreshold=10)
+    kt, dt = orb.detectAndCompute(t_luma, (~t_hole).astype(np.uint8) * 255)
+    kk, dk = orb.detectAndCompute(k_luma, (~k_hole).astype(np.uint8) * 255)
+    if dt is None or dk is None or len(kt) < 20 or len(kk) < 20:
+        return None
+    matches = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True).match(dt, dk)
+    if len(matches) < 20:
+        return None
+    src = np.float32([kt[m.queryIdx].pt for m in matches])
+    dst = np.float32([kk[m.trainIdx].pt for m in matches])
+    hmat, inliers = cv2.findHomography(src, dst, cv2.RANSAC, 2.0)
+    if hmat is None or inliers is None or inliers.sum() < max(15, 0.25 * len(matches)):
+        return None
+    h, w = t_luma.shape
+    corners = np.float32([[0, 0], [w - 1, 0], [0, h - 1], [w - 1, h - 1]])[:, None]
+    moved = cv2.perspectiveTransform(corners, hmat)[:, 0]
+    if np.abs(moved - corners[:, 0]).max() < _PREALIGN_MIN_PX:
+        return None
+    return hmat
+
+
+def _apply(hmat: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where ``hmat`` sends every pixel of an (h, w) grid: (map_x, map_y) float32."""
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    pts = cv2.perspectiveTransform(np.stack([gx, gy], axis=2).reshape(-1, 1, 2), hmat)
+    return pts[:, 0, 0].reshape(h, w).astype(np.float32), pts[:, 0, 1].reshape(h, w).astype(np.float32)
+
+
+def _prealigned_dis(t_luma, k_luma, t_hole, k_hole, hmat):
+    """DIS both ways on the key pre-warped by ``hmat``; flows composed back to plain ones."""
+    h, w = t_luma.shape
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    hx, hy = _apply(hmat, h, w)                                   # target grid -> key position
+    aligned = cv2.remap(k_luma, hx, hy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    residual = _dis(t_luma, aligned)                                  # t(p) ~ aligned(p + r(p))
+    # Forward: p -> H(p + r(p)).
+    px, py = gx + residual[:, :, 0], gy + residual[:, :, 1]
+    fx, fy = _apply_points(hmat, px, py)
+    forward = np.stack([fx - gx, fy - gy], axis=2).astype(np.float32)
+    # Backward: key pixel q sits at p = H^-1 q in the aligned grid; aligned(p) ~ t(p + rb(p)).
+    back_res = _dis(aligned, t_luma)
+    inv = np.linalg.inv(hmat)
+    ix, iy = _apply(inv, h, w)
+    rb = cv2.remap(back_res, ix, iy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    backward = np.stack([ix + rb[:, :, 0] - gx, iy + rb[:, :, 1] - gy], axis=2).astype(np.float32)
+    return forward, backward
+
+
+def _apply_points(hmat, x, y):
+    pts = cv2.perspectiveTransform(np.stack([x, y], axis=-1).reshape(-1, 1, 2).astype(np.float32), hmat)
+    return pts[:, 0, 0].reshape(x.shape), pts[:, 0, 1].reshape(x.shape)
+
+
+def _completed(forward_w, backward_w, t_hole, k_hole, h, w):
+    """Raw working-size flows both ways -> completed full-size forward, backward, error."""
+    # Target pixels whose match lies in the key's hole matched inpainted key content: as
+    # untrustworthy as the target's own hole.
+    lands_in_key_hole = warp(k_hole.astype(np.float32), forward_w, cv2.BORDER_CONSTANT) > 0 if k_hole.any() else False
+    forward_w = complete_flow(forward_w, ~(t_hole | lands_in_key_hole))
+    # Key pixels whose match lies in the target's hole are as untrustworthy as the
+    # hole itself: complete the backward flow there too, or the consistency error
+    # would flag the whole neighbourhood of every mask.
+    lands_in_hole = warp(t_hole.astype(np.float32), backward_w, cv2.BORDER_CONSTANT) > 0
+    backward_w = complete_flow(backward_w, ~(k_hole | lands_in_hole))
+    forward, backward = _to_full(forward_w, h, w), _to_full(backward_w, h, w)
+    return forward, backward, consistency_error(forward, backward)
+
+
 def flow(target: np.ndarray, key: np.ndarray,
          target_mask: np.ndarray | None = None, key_mask: np.ndarray | None = None,
-         work_size: int = DEFAULT_WORK_SIZE) -> tuple[np.ndarray, np.ndarray]:
+         work_size: int = DEFAULT_WORK_SIZE, prealign: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Flow target->key, completed inside the masks, and its consistency error.
 
     Args:
@@ -265,6 +342,9 @@ def flow(target: np.ndarray, key: np.ndarray,
         key_mask: same for the key: pixels whose content should not drive matching.
             For a fully clean keyframe pass None.
         work_size: long side (pixels) at which DIS runs.
+        prealign: first align the key to the target with a homography fitted to ORB feature
+            matches (when the motion is large enough), run DIS on what is left, and compose:
+            large zooms and rolls, where DIS's coarse-to-fine search fails, come out right.
 
     Returns:
         ``(flow, error)``: float32 ``(H, W, 2)`` with ``target(p) ~ key(p + flow(p))``
@@ -287,19 +367,15 @@ def flow(target: np.ndarray, key: np.ndarray,
     k_luma = _prefill(k_luma, _hole(key_mask, shape, _PREFILL_MARGIN))
     t_hole, k_hole = _hole(target_mask, shape, _MASK_MARGIN), _hole(key_mask, shape, _MASK_MARGIN)
 
-    forward_w = _dis(t_luma, k_luma)
-    # Target pixels whose match lies in the key's hole matched inpainted key content: as
-    # untrustworthy as the target's own hole.
-    lands_in_key_hole = warp(k_hole.astype(np.float32), forward_w, cv2.BORDER_CONSTANT) > 0 if k_hole.any() else False
-    forward_w = complete_flow(forward_w, ~(t_hole | lands_in_key_hole))
-    backward_w = _dis(k_luma, t_luma)
-    # Key pixels whose match lies in the target's hole are as untrustworthy as the
-    # hole itself: complete the backward flow there too, or the consistency error
-    # would flag the whole neighbourhood of every mask.
-    lands_in_hole = warp(t_hole.astype(np.float32), backward_w, cv2.BORDER_CONSTANT) > 0
-    backward_w = complete_flow(backward_w, ~(k_hole | lands_in_hole))
-    forward, backward = _to_full(forward_w, h, w), _to_full(backward_w, h, w)
-    error = consistency_error(forward, backward)
+    hmat = _homography(t_luma, k_luma, t_hole, k_hole) if prealign else None
+    forward, backward, error = _completed(_dis(t_luma, k_luma), _dis(k_luma, t_luma), t_hole, k_hole, h, w)
+    if hmat is not None:
+        # Pre-aligned flow where it is the more consistent of the two outside the holes (one
+        # homography fits a camera move, not always a scene of several depths).
+        aligned = _completed(*_prealigned_dis(t_luma, k_luma, t_hole, k_hole, hmat), t_hole, k_hole, h, w)
+        known = ~_hole(target_mask, (h, w), 0)
+        if np.mean(np.minimum(aligned[2][known], 20)) < np.mean(np.minimum(error[known], 20)):
+            forward, backward, error = aligned
     log.debug("flow %dx%d at %dx%d: median |F| %.2f px, median error %.2f px",
               w, h, ww, hw, float(np.median(np.linalg.norm(forward, axis=2))),
               float(np.median(error)))
