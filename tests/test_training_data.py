@@ -135,3 +135,19 @@ def test_numbered_unrelated_stills_are_not_a_sequence(tmp_path):
         write_image(tmp_path / f"DSC_{i:04d}.png", procedural_texture(rng(10 + i), 80))
     images, sequences = load_folder(tmp_path)
     assert len(images) == 3 and sequences == []
+
+
+def test_self_source_examples_are_single_image_inpainting():
+    """self_source_prob=1: every source is the holed target itself, with zero flow and error,
+    exactly what the pipeline hands the network when no frame shows the hole."""
+    bank = PictureBank([procedural_texture(rng(5), 160)], procedural=0.5)
+    ex = make_example(bank, rng(3), 64, 2, SynthSettings(self_source_prob=1.0))
+    for i in range(2):
+        np.testing.assert_array_equal(ex["refs"][i], ex["target"])
+        np.testing.assert_array_equal(ex["ref_masks"][i], ex["mask"])
+        np.testing.assert_array_equal(ex["ref_plates"][i], ex["plate"])
+    arr = network_arrays(ex)
+    assert not arr["flows"].any() and not arr["flow_errs"].any()
+    np.testing.assert_array_equal(arr["srcs"][0], arr["input"])   # the source is the network's own input
+    plain = make_example(bank, rng(3), 64, 2, SynthSettings(self_source_prob=0.0))
+    assert not np.array_equal(plain["ref_masks"][0], plain["mask"]) or not plain["mask"].any()

@@ -34,8 +34,13 @@ def network_arrays(example: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     srcs, flows, errs = [], [], []
     for i in range(t):
         ref, ref_mask, ref_plate = example["refs"][i], example["ref_masks"][i], example["ref_plates"][i]
-        key_mask = ref_mask if ref_mask.any() else None
-        f, e = flowlib.flow(example["plate"], ref_plate, target_mask=mask, key_mask=key_mask)
+        if np.array_equal(ref_mask, mask) and np.array_equal(ref_plate, example["plate"]):
+            # The target is its own source (single-image inpainting): the pipeline passes zero
+            # flow and zero error then, without running DIS.
+            f, e = np.zeros(mask.shape + (2,), np.float32), np.zeros(mask.shape, np.float32)
+        else:
+            key_mask = ref_mask if ref_mask.any() else None
+            f, e = flowlib.flow(example["plate"], ref_plate, target_mask=mask, key_mask=key_mask)
         srcs.append(np.concatenate([(ref * (1 - ref_mask[:, :, None])).transpose(2, 0, 1), ref_mask[None]]))
         flows.append(f.transpose(2, 0, 1))
         errs.append(e[None])

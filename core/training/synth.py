@@ -44,6 +44,9 @@ class SynthSettings:
     foreground_prob: float = 0.3        # a second layer with its own motion (parallax)
     foreground_shift: float = 0.08
     ref_mask_prob: float = 0.15         # a reference also has a hole (the authors do this)
+    self_source_prob: float = 0.0       # the only source is the target itself, hole included
+                                        # (single-image inpainting, as keyprop runs it when no
+                                        # frame shows the hole)
     quantize: bool = True               # frames as 8-bit, as display-referred plates usually are
     masks: MaskSettings = field(default_factory=MaskSettings)
 
@@ -141,6 +144,8 @@ def make_example(bank: PictureBank, rng: np.random.Generator, size: int, n_refs:
                  else np.zeros((size, size), np.float32) for _ in refs]
     plate = np.where(mask[:, :, None] > 0, _occluder(target.shape, rng), target)
     ref_plates = [np.where(m[:, :, None] > 0, _occluder(r.shape, rng), r) for r, m in zip(refs, ref_masks)]
+    if rng.random() < s.self_source_prob:
+        refs, ref_masks, ref_plates = [target] * len(refs), [mask] * len(refs), [plate] * len(refs)
     f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
     return dict(target=f32(target), mask=f32(mask), plate=f32(plate), refs=f32(np.stack(refs)),
                 ref_masks=f32(np.stack(ref_masks)), ref_plates=f32(np.stack(ref_plates)))
