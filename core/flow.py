@@ -65,7 +65,9 @@ _MASK_THRESHOLD = 0.5 / 255
 _RING_PX = 24
 # Pre-alignment (flow(prealign=True)) is skipped when no frame corner moves this far (working
 # pixels): DIS alone handles small motion.
-_PREALIGN_MIN_PX = 6.0  # any non-zero mask value counts as "to fill"
+_PREALIGN_MIN_PX = 6.0
+# ...and when DIS alone is consistent outside the holes (mean forward-backward error, pixels).
+_PREALIGN_ABOVE_PX = 0.5  # any non-zero mask value counts as "to fill"
 
 
 # ----------------------------------------------------------------------------- warp
@@ -367,15 +369,18 @@ def flow(target: np.ndarray, key: np.ndarray,
     k_luma = _prefill(k_luma, _hole(key_mask, shape, _PREFILL_MARGIN))
     t_hole, k_hole = _hole(target_mask, shape, _MASK_MARGIN), _hole(key_mask, shape, _MASK_MARGIN)
 
-    hmat = _homography(t_luma, k_luma, t_hole, k_hole) if prealign else None
     forward, backward, error = _completed(_dis(t_luma, k_luma), _dis(k_luma, t_luma), t_hole, k_hole, h, w)
-    if hmat is not None:
-        # Pre-aligned flow where it is the more consistent of the two outside the holes (one
-        # homography fits a camera move, not always a scene of several depths).
-        aligned = _completed(*_prealigned_dis(t_luma, k_luma, t_hole, k_hole, hmat), t_hole, k_hole, h, w)
+    if prealign:
         known = ~_hole(target_mask, (h, w), 0)
-        if np.mean(np.minimum(aligned[2][known], 20)) < np.mean(np.minimum(error[known], 20)):
-            forward, backward, error = aligned
+        plain = float(np.mean(np.minimum(error[known], 20))) if known.any() else 0.0
+        # DIS alone is right where it is consistent: pre-align only where it is not.
+        hmat = _homography(t_luma, k_luma, t_hole, k_hole) if plain > _PREALIGN_ABOVE_PX else None
+        if hmat is not None:
+            # Pre-aligned flow where it is the more consistent of the two outside the holes
+            # (one homography fits a camera move, not always a scene of several depths).
+            aligned = _completed(*_prealigned_dis(t_luma, k_luma, t_hole, k_hole, hmat), t_hole, k_hole, h, w)
+            if np.mean(np.minimum(aligned[2][known], 20)) < plain:
+                forward, backward, error = aligned
     log.debug("flow %dx%d at %dx%d: median |F| %.2f px, median error %.2f px",
               w, h, ww, hw, float(np.median(np.linalg.norm(forward, axis=2))),
               float(np.median(error)))
