@@ -203,14 +203,19 @@ def fuse_warps(fill: np.ndarray, warps: Sequence[tuple]) -> np.ndarray:
     """Blend the flow-warped sources with the network's fill, per pixel.
 
     ``warps``: (warped source, score, usable) triples (see :func:`source_score`). Each
-    usable source weighs exp(-(score - best score) / SCORE_TEMPERATURE): the best match
-    dominates, sources about as good are averaged (grain and noise average out). The
-    network's fill takes what no source can show, and weighs NETWORK_WEIGHT elsewhere.
+    usable source weighs exp(-(score - best) / (SCORE_TEMPERATURE * best + SCORE_FLOOR)):
+    the best match dominates, sources about as good are averaged (grain and noise average
+    out). The network's ``fill`` takes what no source can show, and weighs NETWORK_WEIGHT
+    elsewhere; ``fill`` None: no network fill (pixels no source shows come out 0).
     """
     scores = np.stack([np.where(u, sc, np.inf) for _, sc, u in warps])
     best = scores.min(axis=0)
-    total = np.full(fill.shape[:2], NETWORK_WEIGHT, np.float32)
-    acc = fill * NETWORK_WEIGHT
+    if fill is None:   # no network fill: every pixel that matters has a usable source
+        total = np.full(best.shape, 1e-12, np.float32)
+        acc = np.zeros(warps[0][0].shape, np.float32)
+    else:
+        total = np.full(fill.shape[:2], NETWORK_WEIGHT, np.float32)
+        acc = fill * NETWORK_WEIGHT
     for (warped, _, usable), sc in zip(warps, scores):
         base = np.where(np.isfinite(best), best, 0)
         wgt = np.where(usable, np.exp(-(sc - base) / (SCORE_TEMPERATURE * base + SCORE_FLOOR)), 0.0)
@@ -341,38 +346,36 @@ class ShotFiller:
         """
         roi, s = self.roi, self.settings
         target, hole = self._prepare(pixels, mask)
-        handles, flows, errs, detail_key, warps = [], [], [], None, []
+        # Per source: (handle maker, flow, error, warped pixels, error for the blend).
+        sources, detail_key = [], None
         for k in key_frames:
-            handle, key_work, key_plate = self.keyframe(k)
+            _, key_work, key_plate = self.keyframe(k)
             f, e = self._flow(target, hole, key_work)
-            handles.append(handle)
-            flows.append(f)
-            errs.append(e)
             detail_key = (key_plate, f, e) if detail_key is None else detail_key
-            warps.append((flowlib.warp(key_work, f), e))
+            sources.append((lambda k=k: self.keyframe(k)[0], f, e, flowlib.warp(key_work, f), e))
         use_plate = s.plate_sources or len(key_frames) < 2
         if use_plate and source_candidates and self.source_loader is not None:
             for cand, f, e in self.choose_sources(frame, target, hole, source_candidates,
                                                   s.max_sources - len(key_frames)):
-                handles.append(self._plate_handle(cand))
-                flows.append(f)
-                errs.append(e)
                 src, src_hole = self.plate_frame(cand)
                 # Where the source's own hole lands, its warped pixels are no evidence at all.
-                warps.append((flowlib.warp(src, f), np.where(flowlib.warp(src_hole, f) > 0, flowlib.OUT_OF_FRAME_ERROR, e)))
-        if not handles:
-            # Nothing else shows this region: the frame is its own (holed) source.
-            handles.append(self.engine.encode_keyframe(self._net_input(target, hole)))
-            flows.append(np.zeros(hole.shape + (2,), np.float32))
-            errs.append(np.zeros(hole.shape, np.float32))
-        fill = self.engine.fill(self._net_input(target, hole), handles,
-                                np.stack([f.transpose(2, 0, 1) for f in flows]),
-                                np.stack([e[None] for e in errs]))  # (3, h, w)
-        fill = np.ascontiguousarray(fill.transpose(1, 2, 0))
-        if s.warp_blend and warps:
-            warps = [(match_colour(w, target, hole, e), e) for w, e in warps]
-            warps = [(w, *source_score(w, target, hole, e)) for w, e in warps]
-            fill = fuse_warps(fill, warps)
+                blend_err = np.where(flowlib.warp(src_hole, f) > 0, flowlib.OUT_OF_FRAME_ERROR, e)
+                sources.append((lambda c=cand: self._plate_handle(c), f, e, flowlib.warp(src, f), blend_err))
+        warps = []
+        if s.warp_blend and sources:
+            warps = [(match_colour(w, target, hole, be), be) for _, _, _, w, be in sources]
+            warps = [(w, *source_score(w, target, hole, be)) for w, be in warps]
+        shown = np.zeros(hole.shape, bool)
+        for _, _, usable in warps:
+            shown |= usable
+        if warps and shown[hole > 0].all():
+            # Every hole pixel has a source that shows it: the network's share there would be
+            # under NETWORK_WEIGHT / (1 + NETWORK_WEIGHT) (0.1 %), so it is not run at all.
+            fill = fuse_warps(None, warps)
+        else:
+            fill = self._network_fill(target, hole, sources)
+            if warps:
+                fill = fuse_warps(fill, warps)
         fill = roi.to_plate(fill)
         if s.detail and roi.scale < 0.999 and detail_key is not None:
             key_plate, f, e = detail_key
@@ -381,6 +384,22 @@ class ShotFiller:
         if self.linear:
             fill = color.to_linear(fill).astype(np.float32)
         return self._composite(pixels, fill, composite_alpha(self._crop(mask), s.dilate, s.feather))
+
+    def _network_fill(self, target, hole, sources) -> np.ndarray:
+        """The network's fill (h, w, 3) at working size from the given sources (or the frame
+        itself, holed, when there are none: single-image inpainting)."""
+        if sources:
+            handles = [make() for make, *_ in sources]
+            flows = [f for _, f, *_ in sources]
+            errs = [e for _, _, e, *_ in sources]
+        else:
+            handles = [self.engine.encode_keyframe(self._net_input(target, hole))]
+            flows = [np.zeros(hole.shape + (2,), np.float32)]
+            errs = [np.zeros(hole.shape, np.float32)]
+        fill = self.engine.fill(self._net_input(target, hole), handles,
+                                np.stack([f.transpose(2, 0, 1) for f in flows]),
+                                np.stack([e[None] for e in errs]))  # (3, h, w)
+        return np.ascontiguousarray(fill.transpose(1, 2, 0))
 
     def _restore_detail(self, fill, key_plate, flow_work, err_work):
         """Add the nearest keyframe's high frequencies, warped at plate resolution, where flow agrees."""

@@ -97,3 +97,42 @@ def test_plate_frames_serve_beside_keyframes():
     err_without = np.abs(out_without[4] - truths[4])[inside].mean()
     assert err_with < 0.5 * err_without
     assert err_with < 0.03
+
+
+class CountingEngine:
+    """The real test engine, counting how often the network fills."""
+
+    def __init__(self, engine):
+        self.engine, self.fills = engine, 0
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def fill(self, *args, **kwargs):
+        self.fills += 1
+        return self.engine.fill(*args, **kwargs)
+
+
+def test_network_runs_only_where_no_source_shows_the_hole():
+    import cv2
+
+    h, w = 96, 128
+    rng = np.random.default_rng(2)
+    wide = cv2.GaussianBlur(rng.random((h, w + 40, 3)).astype(np.float32), (0, 0), 2.0)
+    truths = [np.ascontiguousarray(wide[:, 4 * i:4 * i + w]) for i in range(4)]
+    masks = []
+    for i in range(4):
+        m = np.zeros((h, w), np.float32)
+        m[30:60, 40 + 8 * i:56 + 8 * i] = 1
+        masks.append(m)
+    frames = [truths[0]] + [np.where(m[:, :, None] > 0, np.float32(0.0), t) for m, t in zip(masks[1:3], truths[1:3])] \
+        + [truths[3]]
+    engine = CountingEngine(create_engine("torch", model="preset:test", threads=2))
+    out = fill_frames(frames, masks, [0, 3], engine, Settings(threads=2))
+    assert engine.fills == 0                           # the keyframes show every hole pixel
+    assert np.abs(out[1] - truths[1])[masks[1] > 0].mean() < 0.02
+    # A static occluder and no keyframes: nothing shows the hole, the network fills it.
+    still = [np.where(masks[1][:, :, None] > 0, np.float32(0.0), truths[1]) for _ in range(3)]
+    engine.fills = 0
+    fill_frames(still, [masks[1]] * 3, [], engine, Settings(threads=2))
+    assert engine.fills == 3
