@@ -14,7 +14,8 @@ taken over the masked pixels of the non-keyframes:
 
 Methods: keyprop (``keyprop.core.api.fill_frames`` with the given model, the same code
 path as ``keyprop run``), OpenCV Telea inpainting, nearest-keyframe copy, and DIS flow warp
-from the nearest keyframe with the flow completed in the hole (core.flow).
+from the nearest keyframe with the flow completed in the hole (``core.flow.flow`` with its
+defaults: DIS, affine + membrane completion; keyprop's own flows add a feature pre-alignment).
 
 The goal the shipped model is held to: mean keyprop PSNR >= flow warp + 3 dB, and no shot
 below flow warp. ``--check`` exits 1 when it is not met.
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout: import keyprop
 
@@ -157,7 +159,7 @@ def score(shot, filled):
 
 
 def run_benchmark(model="default", kinds=KINDS, frames=12, size=(240, 320), seed=0, threads=1, progress=None,
-                  no_keys=False, save_dir=None):
+                  no_keys=False, save_dir=None, settings=None):
     """{kind: {method: {psnr, ssim, flicker, seconds}}} for every shot kind.
 
     ``no_keys``: no clean keyframe is given (every frame is a plate with its occluder);
@@ -170,7 +172,7 @@ def run_benchmark(model="default", kinds=KINDS, frames=12, size=(240, 320), seed
 
     cv2.setNumThreads(threads)
     engine = create_engine("torch", model=model, device="cpu", threads=threads)
-    settings = Settings(threads=threads)
+    settings = Settings(threads=threads, **(settings or {}))
     fills = {"keyprop": lambda fr, ms, ks: fill_keyprop(fr, ms, ks, engine, settings),
              "flow_warp": fill_flow_warp, "nearest_key": fill_nearest_key, "telea": fill_telea}
     results = {}
@@ -240,7 +242,14 @@ def main(argv=None) -> int:
                    help="write each shot's middle frame as plate | fills (method order) | truth PNG here")
     p.add_argument("--no-keys", action="store_true",
                    help="no clean keyframes: fill from the shot's own frames (adds shot kind static_occluder)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a keyprop setting for the keyprop method (e.g. prealign=false, plate_sources=false)")
     args = p.parse_args(argv)
+    try:
+        overrides = {k.strip(): yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
+    except ValueError:
+        print("quality.py: --set takes KEY=VALUE", file=sys.stderr)
+        return 2
     kinds = [k.strip() for k in args.shots.split(",") if k.strip()]
     unknown = [k for k in kinds if k not in KINDS and not (args.no_keys and k == "static_occluder")]
     if unknown:
@@ -257,8 +266,8 @@ def main(argv=None) -> int:
 
     try:
         results, info = run_benchmark(args.model, kinds, args.frames, (h, w), args.seed, args.threads, progress,
-                                      no_keys=args.no_keys, save_dir=args.save_dir)
-    except (FileNotFoundError, ValueError) as exc:
+                                      no_keys=args.no_keys, save_dir=args.save_dir, settings=overrides)
+    except (FileNotFoundError, ValueError, TypeError) as exc:
         print(f"quality.py: {exc}", file=sys.stderr)
         return 2
     print(f"model: {info.get('path') or args.model} (preset {info.get('preset')}, origin {info.get('origin')}); "

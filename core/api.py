@@ -55,6 +55,8 @@ class Settings:
     detail: bool = True              # restore plate-resolution keyframe detail where the ROI was downscaled
     warp_blend: bool = True          # take the flow-warped sources where their flow is consistent
     plate_sources: bool = True       # plate frames that show the hole serve beside keyframes
+    colour_match: bool = True        # match each warped source's exposure to the target
+    prealign: bool = True            # pre-align sources by a feature homography before DIS
     threads: Optional[int] = None    # CPU threads for the engine (None = all)
 
     @classmethod
@@ -146,8 +148,6 @@ BLEND_ERROR_PX = 1.0
 SCORE_TEMPERATURE = 0.3
 SCORE_FLOOR = 0.001
 MAX_FLOW_ERROR_PX = 20.0
-# Pre-align sources with a feature homography before DIS (core.flow.flow(prealign=True)).
-PREALIGN = True
 # Weight of the network's own fill against the warped sources (each weighs up to 1).
 NETWORK_WEIGHT = 0.001
 # Width (working pixels) of the ring around the hole on which colour is matched.
@@ -301,7 +301,7 @@ class ShotFiller:
 
     def _flow(self, target, hole, source, source_hole=None):
         f, e = flowlib.flow(target, source, target_mask=hole, key_mask=source_hole,
-                            work_size=max(self.roi.work_h, self.roi.work_w), prealign=PREALIGN)
+                            work_size=max(self.roi.work_h, self.roi.work_w), prealign=self.settings.prealign)
         return f, e
 
     def choose_sources(self, frame: int, target, hole, candidates: Sequence[int], limit: int):
@@ -363,7 +363,7 @@ class ShotFiller:
                 sources.append((lambda c=cand: self._plate_handle(c), f, e, flowlib.warp(src, f), blend_err))
         warps = []
         if s.warp_blend and sources:
-            warps = [(match_colour(w, target, hole, be), be) for _, _, _, w, be in sources]
+            warps = [(match_colour(w, target, hole, be) if s.colour_match else w, be) for _, _, _, w, be in sources]
             warps = [(w, *source_score(w, target, hole, be)) for w, be in warps]
         shown = np.zeros(hole.shape, bool)
         for _, _, usable in warps:

@@ -59,7 +59,7 @@ _MASK_MARGIN = 8
 # The inpainted area grows only a little: a larger blob of smooth inpaint would
 # itself mismatch the key's texture.
 _PREFILL_MARGIN = 2
-_MASK_THRESHOLD = 0.5 / 255
+_MASK_THRESHOLD = 0.5 / 255  # any non-zero mask value counts as "to fill"
 # Width (working pixels) of the band of valid flow around a hole that the affine motion
 # completing it is fitted on.
 _RING_PX = 24
@@ -67,7 +67,7 @@ _RING_PX = 24
 # pixels): DIS alone handles small motion.
 _PREALIGN_MIN_PX = 6.0
 # ...and when DIS alone is consistent outside the holes (mean forward-backward error, pixels).
-_PREALIGN_ABOVE_PX = 0.5  # any non-zero mask value counts as "to fill"
+_PREALIGN_ABOVE_PX = 0.5
 
 
 # ----------------------------------------------------------------------------- warp
