@@ -540,14 +540,14 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
     plate_with_masks = set(mask_frames)
     keys_set = set(key_frames)
     total, done = len(frames), 0
-    writer = _Writer()
+    frame_io = _FrameIO()
     try:
         for i, frame in enumerate(frames):
             # Decode the next frames (next targets, and the next source beyond them) while this
             # one is filled: codecs release the GIL.
             for upcoming in (frame + 1, frame + 2):
                 if upcoming in plate_with_masks and upcoming not in frames_read and upcoming not in reading:
-                    reading[upcoming] = writer.pool.submit(read, upcoming)
+                    reading[upcoming] = frame_io.reader.submit(read, upcoming)
             if cancel is not None and cancel.is_set():
                 result.cancelled = True
                 log.info("cancelled after %d of %d frames", done, total)
@@ -574,12 +574,12 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
                     filled = filler.fill(plate.region(*box), mask, plan, candidates, frame)
                     job = (io.write_frame, out_path, plate, filled, (box[0], box[2]))
             # The write overlaps the next frame's fill; a frame counts as done once written.
-            for event in writer.submit(job, (frame, status, t0, out_path)):
+            for event in frame_io.submit(job, (frame, status, t0, out_path)):
                 done = _report(result, progress, event, done, total)
-        for event in writer.drain():
+        for event in frame_io.drain():
             done = _report(result, progress, event, done, total)
     finally:
-        writer.close()
+        frame_io.close()
     return result
 
 
@@ -593,8 +593,9 @@ def _report(result: Result, progress, event, done: int, total: int) -> int:
     return done
 
 
-class _Writer:
-    """Writes frames on one background thread, one frame behind the fill, in order.
+class _FrameIO:
+    """Background threads for frame files: one writes frames one frame behind the fill, in
+    order; one (``reader``) decodes frames ahead.
 
     Encoding a 4K frame costs as much as filling a small region of it; on its own thread
     (codecs release the GIL) it overlaps the next frame's work. A failed write raises in
@@ -607,8 +608,7 @@ class _Writer:
 
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keyprop-write")
         self._pending = None
-        # A second thread for reading ahead (see propagate); shut down with the writer.
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keyprop-read")
+        self.reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keyprop-read")
 
     def submit(self, job, event):
         """Queue ``job`` (fn, *args) or None; yields the events of writes now finished."""
@@ -634,7 +634,7 @@ class _Writer:
             except Exception:  # noqa: BLE001 - the error that stopped the loop is the one to report
                 log.debug("pending write failed while stopping", exc_info=True)
         self._pool.shutdown(wait=True)
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.reader.shutdown(wait=True, cancel_futures=True)
 
 
 # --- in memory ------------------------------------------------------------------------------

@@ -287,8 +287,7 @@ def _homography(t_luma: np.ndarray, k_luma: np.ndarray, t_hole: np.ndarray, k_ho
 def _apply(hmat: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     """Where ``hmat`` sends every pixel of an (h, w) grid: (map_x, map_y) float32."""
     gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    pts = cv2.perspectiveTransform(np.stack([gx, gy], axis=2).reshape(-1, 1, 2), hmat)
-    return pts[:, 0, 0].reshape(h, w).astype(np.float32), pts[:, 0, 1].reshape(h, w).astype(np.float32)
+    return _apply_points(hmat, gx, gy)
 
 
 def _prealigned_dis(t_luma, k_luma, t_hole, k_hole, hmat):
@@ -312,8 +311,9 @@ def _prealigned_dis(t_luma, k_luma, t_hole, k_hole, hmat):
 
 
 def _apply_points(hmat, x, y):
+    """Where ``hmat`` sends the points (x, y) (arrays of one shape): (x', y') float32."""
     pts = cv2.perspectiveTransform(np.stack([x, y], axis=-1).reshape(-1, 1, 2).astype(np.float32), hmat)
-    return pts[:, 0, 0].reshape(x.shape), pts[:, 0, 1].reshape(x.shape)
+    return pts[:, 0, 0].reshape(x.shape).astype(np.float32), pts[:, 0, 1].reshape(x.shape).astype(np.float32)
 
 
 def _completed(forward_w, backward_w, t_hole, k_hole, h, w):
