@@ -140,13 +140,11 @@ def _rgb3(pixels: np.ndarray) -> np.ndarray:
 SOURCE_OFFSETS = (1, -1, 2, -2, 4, -4, 8, -8, 16, -16, 32, -32)
 # A plate source must show at least this share of the target's hole (once aligned).
 MIN_SOURCE_GAIN = 0.02
-# Forward-backward flow error (working pixels) at which a warped keyframe and the network
-# weigh about equally (weight exp(-1) at this error, ~0.94 at a quarter of it).
-BLEND_ERROR_PX = 1.0
-# Mean colour difference (display units) between a warped source and the target's known
-# pixels at which the source's weight falls to exp(-1).
+# A source whose score exceeds the best source's score by SCORE_TEMPERATURE * best +
+# SCORE_FLOOR (display units) weighs exp(-1) of the best one.
 SCORE_TEMPERATURE = 0.3
 SCORE_FLOOR = 0.001
+# Forward-backward flow error (working pixels) beyond which a known pixel counts as a mismatch.
 MAX_FLOW_ERROR_PX = 20.0
 # Weight of the network's own fill against the warped sources (each weighs up to 1).
 NETWORK_WEIGHT = 0.001
@@ -216,8 +214,8 @@ def fuse_warps(fill: np.ndarray, warps: Sequence[tuple]) -> np.ndarray:
     else:
         total = np.full(fill.shape[:2], NETWORK_WEIGHT, np.float32)
         acc = fill * NETWORK_WEIGHT
+    base = np.where(np.isfinite(best), best, 0)
     for (warped, _, usable), sc in zip(warps, scores):
-        base = np.where(np.isfinite(best), best, 0)
         wgt = np.where(usable, np.exp(-(sc - base) / (SCORE_TEMPERATURE * base + SCORE_FLOOR)), 0.0)
         wgt = wgt.astype(np.float32)
         acc = acc + wgt[:, :, None] * warped
@@ -518,7 +516,7 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
     box = (roi.y0, roi.y1, roi.x0, roi.x1) if roi else (0, size[0], 0, size[1])
     frames_read = _LRU(4)   # frame -> (plate Frame, mask ROI crop): the next target is often read as a source
 
-    reading: Dict[int, object] = {}   # frame -> Future of read(frame), at most the next target
+    reading: Dict[int, object] = {}   # frame -> Future of read(frame): the next two frames at most
 
     def read(k):
         mask_path = expand(shot.mask, k)
@@ -542,7 +540,7 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
     total, done = len(frames), 0
     frame_io = _FrameIO()
     try:
-        for i, frame in enumerate(frames):
+        for frame in frames:
             # Decode the next frames (next targets, and the next source beyond them) while this
             # one is filled: codecs release the GIL.
             for upcoming in (frame + 1, frame + 2):

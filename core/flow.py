@@ -290,7 +290,7 @@ def _apply(hmat: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     return _apply_points(hmat, gx, gy)
 
 
-def _prealigned_dis(t_luma, k_luma, t_hole, k_hole, hmat):
+def _prealigned_dis(t_luma, k_luma, hmat):
     """DIS both ways on the key pre-warped by ``hmat``; flows composed back to plain ones."""
     h, w = t_luma.shape
     gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
@@ -378,7 +378,7 @@ def flow(target: np.ndarray, key: np.ndarray,
         if hmat is not None:
             # Pre-aligned flow where it is the more consistent of the two outside the holes
             # (one homography fits a camera move, not always a scene of several depths).
-            aligned = _completed(*_prealigned_dis(t_luma, k_luma, t_hole, k_hole, hmat), t_hole, k_hole, h, w)
+            aligned = _completed(*_prealigned_dis(t_luma, k_luma, hmat), t_hole, k_hole, h, w)
             if np.mean(np.minimum(aligned[2][known], 20)) < plain:
                 forward, backward, error = aligned
     log.debug("flow %dx%d at %dx%d: median |F| %.2f px, median error %.2f px",

@@ -560,13 +560,7 @@ def write_image(path: str | os.PathLike, pixels: np.ndarray,
                  "exactly (write PNG/TIFF/EXR for that)", path)
     params = _encode_params(ext, dtype, like)
     samples = _to_file_samples(pixels, dtype, path)
-    try:
-        ok, encoded = cv2.imencode(ext, samples, params)
-    except cv2.error as e:
-        raise KeypropInputError(f"image encoder failed ({e.msg.strip()})", path) from e
-    if not ok:
-        raise KeypropInputError("image encoder failed", path)
-    _write_atomic(path, encoded.tobytes())
+    _encode_atomic(path, ext, samples, params)
     fmt = ImageFormat(ext, dtype, pixels.shape[2],
                       params[3] if ext == ".exr" else None)
     log.debug("wrote %s: %s %s", path, pixels.shape, fmt)
@@ -602,6 +596,12 @@ def write_frame(path: str | os.PathLike, frame: Frame, pixels: np.ndarray | None
         samples = samples.copy()
         samples[y0:y0 + patch.shape[0], x0:x0 + patch.shape[1]] = patch
     params = _encode_params(ext, fmt.dtype, fmt)
+    _encode_atomic(path, ext, samples, params)
+    return fmt
+
+
+def _encode_atomic(path: str, ext: str, samples: np.ndarray, params: list[int]) -> None:
+    """Encode file samples with OpenCV's ``ext`` codec and write them atomically."""
     try:
         ok, encoded = cv2.imencode(ext, samples, params)
     except cv2.error as e:
@@ -609,7 +609,6 @@ def write_frame(path: str | os.PathLike, frame: Frame, pixels: np.ndarray | None
     if not ok:
         raise KeypropInputError("image encoder failed", path)
     _write_atomic(path, encoded.tobytes())
-    return fmt
 
 
 def _write_atomic(path: str, data: bytes) -> None:
