@@ -255,9 +255,12 @@ class ShotFiller:
                  source_loader: Optional[Callable[[int], tuple]] = None):
         self.engine, self.roi, self.settings, self.linear = engine, roi, settings, linear
         self.key_loader, self.source_loader = key_loader, source_loader
-        self._keys: Dict[int, tuple] = {}
-        self._plate = _LRU(2 * len(SOURCE_OFFSETS) + 2)      # frame -> (work RGB with hole zeroed, hole)
+        self._keys: Dict[int, tuple] = {}                     # keyframe -> (work RGB, ROI RGB, FlowFrame)
+        self._key_handles: Dict[int, object] = {}             # keyframe -> engine handle (when the network runs)
+        self._plate = _LRU(2 * len(SOURCE_OFFSETS) + 2)      # frame -> (work RGB with hole zeroed, hole, FlowFrame)
         self._encoded = _LRU(max(4, settings.max_sources + 2))  # frame -> engine handle
+        # Raw DIS flows between two plate frames: frame t's flow to t+1 serves t+1's flow to t.
+        self._dis = _LRU(2 * settings.max_sources)
 
     def _crop(self, image: np.ndarray) -> np.ndarray:
         """The ROI of a full frame; an ROI-sized array is taken as already cropped."""
@@ -281,28 +284,41 @@ class ShotFiller:
         return np.concatenate((rgb.transpose(2, 0, 1), hole[None])).astype(np.float32)  # (4, h, w)
 
     def keyframe(self, frame: int):
-        """(handle, working display RGB, ROI display RGB at plate size) of a keyframe, cached."""
+        """(working display RGB, ROI display RGB at plate size, FlowFrame) of a keyframe, cached."""
         if frame not in self._keys:
             crop = self._display(self._crop(self.key_loader(frame)))
             work = self.roi.resize_to_work(crop)
-            handle = self.engine.encode_keyframe(self._net_input(work, np.zeros(work.shape[:2], np.float32)))
-            self._keys[frame] = (handle, work, crop)
-            log.debug("encoded keyframe %d at %dx%d", frame, work.shape[1], work.shape[0])
+            self._keys[frame] = (work, crop, self._flow_frame(work, None, ("key", frame)))
         return self._keys[frame]
 
+    def _key_handle(self, frame: int):
+        """The engine's encoding of a keyframe, made the first time the network runs."""
+        if frame not in self._key_handles:
+            work = self.keyframe(frame)[0]
+            self._key_handles[frame] = self.engine.encode_keyframe(
+                self._net_input(work, np.zeros(work.shape[:2], np.float32)))
+            log.debug("encoded keyframe %d at %dx%d", frame, work.shape[1], work.shape[0])
+        return self._key_handles[frame]
+
     def plate_frame(self, frame: int):
-        """A plate frame prepared as a source: (working RGB with its hole zeroed, hole)."""
-        return self._plate.get_or(frame, lambda: self._prepare(*self.source_loader(frame)))
+        """A plate frame prepared as a source: (working RGB with its hole zeroed, hole, FlowFrame)."""
+        return self._plate.get_or(frame, lambda: self._with_flow_frame(self._prepare(*self.source_loader(frame)),
+                                                                       frame))
+
+    def _with_flow_frame(self, prepared, frame):
+        rgb, hole = prepared
+        return rgb, hole, self._flow_frame(rgb, hole, ("plate", frame))
+
+    def _flow_frame(self, rgb, hole, tag):
+        return flowlib.FlowFrame(rgb, hole, max(self.roi.work_h, self.roi.work_w), tag)
 
     def _plate_handle(self, frame: int):
-        return self._encoded.get_or(frame, lambda: self.engine.encode_keyframe(self._net_input(*self.plate_frame(frame))))
+        return self._encoded.get_or(frame, lambda: self.engine.encode_keyframe(self._net_input(*self.plate_frame(frame)[:2])))
 
-    def _flow(self, target, hole, source, source_hole=None):
-        f, e = flowlib.flow(target, source, target_mask=hole, key_mask=source_hole,
-                            work_size=max(self.roi.work_h, self.roi.work_w), prealign=self.settings.prealign)
-        return f, e
+    def _flow(self, target: flowlib.FlowFrame, source: flowlib.FlowFrame):
+        return flowlib.flow_between(target, source, self.settings.prealign, self._dis)
 
-    def choose_sources(self, frame: int, target, hole, candidates: Sequence[int], limit: int):
+    def choose_sources(self, target: flowlib.FlowFrame, hole, candidates: Sequence[int], limit: int):
         """Plate frames that show the target's hole once aligned, nearest first then spread out.
 
         Candidates are tried in the order given (``source_candidates``: +-1, +-2, +-4, ...).
@@ -318,8 +334,8 @@ class ShotFiller:
             return []
         chosen, covered = [], np.zeros(ys.size, bool)
         for cand in candidates:
-            src, src_hole = self.plate_frame(cand)
-            f, e = self._flow(target, hole, src, src_hole)
+            _, src_hole, src_flow = self.plate_frame(cand)
+            f, e = self._flow(target, src_flow)
             qx = np.rint(xs + f[ys, xs, 0]).astype(int)
             qy = np.rint(ys + f[ys, xs, 1]).astype(int)
             inside = (qx >= 0) & (qx < w) & (qy >= 0) & (qy < h)
@@ -343,19 +359,26 @@ class ShotFiller:
         Returns a new array; pixels with zero composite weight are copied unchanged.
         """
         roi, s = self.roi, self.settings
-        target, hole = self._prepare(pixels, mask)
+        if frame is not None and self.source_loader is not None:
+            # Prepared once for its use as target and as another frame's source (the same
+            # pixels and mask: the loader's).
+            target, hole, target_flow = self._plate.get_or(
+                frame, lambda: self._with_flow_frame(self._prepare(pixels, mask), frame))
+        else:
+            target, hole = self._prepare(pixels, mask)
+            target_flow = self._flow_frame(target, hole, None)
         # Per source: (handle maker, flow, error, warped pixels, error for the blend).
         sources, detail_key = [], None
         for k in key_frames:
-            _, key_work, key_plate = self.keyframe(k)
-            f, e = self._flow(target, hole, key_work)
+            key_work, key_plate, key_flow = self.keyframe(k)
+            f, e = self._flow(target_flow, key_flow)
             detail_key = (key_plate, f, e) if detail_key is None else detail_key
-            sources.append((lambda k=k: self.keyframe(k)[0], f, e, flowlib.warp(key_work, f), e))
+            sources.append((lambda k=k: self._key_handle(k), f, e, flowlib.warp(key_work, f), e))
         use_plate = s.plate_sources or len(key_frames) < 2
         if use_plate and source_candidates and self.source_loader is not None:
-            for cand, f, e in self.choose_sources(frame, target, hole, source_candidates,
+            for cand, f, e in self.choose_sources(target_flow, hole, source_candidates,
                                                   s.max_sources - len(key_frames)):
-                src, src_hole = self.plate_frame(cand)
+                src, src_hole, _ = self.plate_frame(cand)
                 # Where the source's own hole lands, its warped pixels are no evidence at all.
                 blend_err = np.where(flowlib.warp(src_hole, f) > 0, flowlib.OUT_OF_FRAME_ERROR, e)
                 sources.append((lambda c=cand: self._plate_handle(c), f, e, flowlib.warp(src, f), blend_err))
@@ -439,9 +462,20 @@ def shot_roi(bbox, size, settings: Settings, stride: int) -> ROI:
     return plan_roi(bbox, size, settings.work_res, stride, settings.margin)
 
 
-def _shot_roi(shot: Shot, frames_all: Sequence[int], size, engine, settings: Settings) -> Optional[ROI]:
-    """The ROI of the whole plate range (not just this chunk): chunks must agree."""
-    boxes = []
+# Masks read while the ROI is planned are kept (the part inside their own bounding box, as
+# float) for the frames the run will use, up to this many bytes: the per-frame pass then
+# does not decode them again. Beyond it they are read again (memory stays bounded).
+MASK_KEEP_BYTES = 64 << 20
+
+
+def _shot_roi(shot: Shot, frames_all: Sequence[int], size, engine, settings: Settings,
+              keep: Optional[Dict[int, tuple]] = None, keep_frames=()) -> Optional[ROI]:
+    """The ROI of the whole plate range (not just this chunk): chunks must agree.
+
+    ``keep``: filled with frame -> (bbox, mask inside bbox) for frames in ``keep_frames``
+    while MASK_KEEP_BYTES allows.
+    """
+    boxes, kept_bytes = [], 0
     for frame in frames_all:
         mask = io.read_mask(expand(shot.mask, frame))
         if mask.shape != tuple(size):
@@ -451,6 +485,11 @@ def _shot_roi(shot: Shot, frames_all: Sequence[int], size, engine, settings: Set
             raise KeypropInputError(f"mask frame {frame} covers the whole frame: nothing is left to align "
                                     "the keyframes to", expand(shot.mask, frame))
         boxes.append(mask_bbox(mask))
+        if keep is not None and frame in keep_frames:
+            crop = mask[boxes[-1][0]:boxes[-1][2], boxes[-1][1]:boxes[-1][3]].copy() if boxes[-1] else None
+            if crop is None or kept_bytes + crop.nbytes <= MASK_KEEP_BYTES:
+                keep[frame] = (boxes[-1], crop)
+                kept_bytes += 0 if crop is None else crop.nbytes
     bbox = union_bbox(boxes)
     if bbox is None:
         return None
@@ -503,7 +542,10 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
     if engine is None:
         engine = create_engine(settings.backend, settings.model, settings.device, settings.threads)
     mask_frames = [f for f in plate_frames if os.path.exists(expand(shot.mask, f))]
-    roi = _shot_roi(shot, mask_frames, size, engine, settings)
+    kept_masks: Dict[int, tuple] = {}   # frame -> (bbox, mask inside it), from the ROI scan
+    reach = max(abs(d) for d in SOURCE_OFFSETS)
+    roi = _shot_roi(shot, mask_frames, size, engine, settings, kept_masks,
+                    range(frames[0] - reach, frames[-1] + reach + 1))
     result = Result(model_info=dict(engine.model_info), roi=roi)
     if roi is None:
         log.warning("every mask of the shot is empty: frames pass through unchanged")
@@ -519,9 +561,18 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
     reading: Dict[int, object] = {}   # frame -> Future of read(frame): the next two frames at most
 
     def read(k):
+        return io.read_frame(expand(shot.plate, k)), read_mask_roi(k)
+
+    def read_mask_roi(k):
+        """The mask's ROI crop by read_mask's rule (whole-frame), kept from the scan if it was."""
+        if k in kept_masks:
+            bbox, crop = kept_masks[k]
+            mask = np.zeros((box[1] - box[0], box[3] - box[2]), np.float32)
+            if bbox is not None:
+                mask[bbox[0] - box[0]:bbox[2] - box[0], bbox[1] - box[2]:bbox[3] - box[2]] = crop
+            return mask
         mask_path = expand(shot.mask, k)
-        mask = io.mask_from_pixels(io.read_frame(mask_path).region(*box)) if os.path.exists(mask_path) else None
-        return io.read_frame(expand(shot.plate, k)), mask
+        return io.read_mask(mask_path)[box[0]:box[1], box[2]:box[3]] if os.path.exists(mask_path) else None
 
     def load(k):
         """A plate frame (file samples) and its mask's ROI crop, read once however often used."""

@@ -43,7 +43,7 @@ import logging
 import cv2
 import numpy as np
 
-__all__ = ["flow", "warp", "complete_flow", "consistency_error", "DEFAULT_WORK_SIZE",
+__all__ = ["flow", "flow_between", "FlowFrame", "warp", "complete_flow", "consistency_error", "DEFAULT_WORK_SIZE",
            "OUT_OF_FRAME_ERROR"]
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,10 @@ _RING_PX = 24
 _PREALIGN_MIN_PX = 6.0
 # ...and when DIS alone is consistent outside the holes (mean forward-backward error, pixels).
 _PREALIGN_ABOVE_PX = 0.5
+# ...and when the plain flow already follows the homography: all but _EXPLAINED_SHARE of the
+# known in-frame pixels within _EXPLAINED_PX (working pixels) of where it sends them.
+_EXPLAINED_PX = 0.5
+_EXPLAINED_SHARE = 0.02
 
 
 # ----------------------------------------------------------------------------- warp
@@ -257,15 +261,14 @@ def consistency_error(forward: np.ndarray, backward: np.ndarray) -> np.ndarray:
     return err
 
 
-def _homography(t_luma: np.ndarray, k_luma: np.ndarray, t_hole: np.ndarray, k_hole: np.ndarray):
+def _homography(target: FlowFrame, key: FlowFrame):
     """Target->key homography from ORB matches outside the holes (RANSAC), or None.
 
     None when too few matches agree, or when the motion is small enough for DIS alone
     (no corner of the frame moves more than _PREALIGN_MIN_PX).
     """
-    orb = cv2.ORB_create(nfeatures=1500, fastThreshold=10)
-    kt, dt = orb.detectAndCompute(t_luma, (~t_hole).astype(np.uint8) * 255)
-    kk, dk = orb.detectAndCompute(k_luma, (~k_hole).astype(np.uint8) * 255)
+    kt, dt = target.features
+    kk, dk = key.features
     if dt is None or dk is None or len(kt) < 20 or len(kk) < 20:
         return None
     matches = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True).match(dt, dk)
@@ -276,12 +279,31 @@ def _homography(t_luma: np.ndarray, k_luma: np.ndarray, t_hole: np.ndarray, k_ho
     hmat, inliers = cv2.findHomography(src, dst, cv2.RANSAC, 2.0)
     if hmat is None or inliers is None or inliers.sum() < max(15, 0.25 * len(matches)):
         return None
-    h, w = t_luma.shape
+    h, w = target.luma.shape
     corners = np.float32([[0, 0], [w - 1, 0], [0, h - 1], [w - 1, h - 1]])[:, None]
     moved = cv2.perspectiveTransform(corners, hmat)[:, 0]
     if np.abs(moved - corners[:, 0]).max() < _PREALIGN_MIN_PX:
         return None
     return hmat
+
+
+def _explained(forward, error, known, hmat, work_shape) -> bool:
+    """Whether the plain flow already follows ``hmat`` (working-size homography) on the known,
+    in-frame target pixels: nearly all land within _EXPLAINED_PX (working pixels) of where
+    the homography sends them. Then pre-aligning would find the same flow again: what made
+    the plain flow look inconsistent was pixels leaving the frame, not a failed search."""
+    h, w = forward.shape[:2]
+    ys, xs = np.nonzero(known & (error < OUT_OF_FRAME_ERROR))
+    if ys.size < 100:
+        return False
+    step = max(1, ys.size // 20000)
+    ys, xs = ys[::step], xs[::step]
+    sx, sy = work_shape[1] / w, work_shape[0] / h
+    px, py = xs.astype(np.float32) * sx, ys.astype(np.float32) * sy
+    hx, hy = _apply_points(hmat, px, py)
+    dx = (xs + forward[ys, xs, 0]) * sx - hx
+    dy = (ys + forward[ys, xs, 1]) * sy - hy
+    return float(np.mean(dx * dx + dy * dy > _EXPLAINED_PX ** 2)) < _EXPLAINED_SHARE
 
 
 def _apply(hmat: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
@@ -331,6 +353,60 @@ def _completed(forward_w, backward_w, t_hole, k_hole, h, w):
     return forward, backward, consistency_error(forward, backward)
 
 
+class FlowFrame:
+    """An image prepared for :func:`flow_between`: what depends on it alone, computed once.
+
+    A frame that serves several flows (the target against each of its sources, a keyframe
+    against every target, a plate frame as target and then as source) is prepared once:
+    8-bit luma at the working size with its masked region inpainted, the grown hole, and
+    (on first use) its ORB features. ``tag`` (hashable, or None) names the frame for the
+    cache of raw DIS flows between two tagged frames; two frames with one tag must have
+    been prepared from the same pixels and mask.
+    """
+
+    def __init__(self, image: np.ndarray, mask: np.ndarray | None = None,
+                 work_size: int = DEFAULT_WORK_SIZE, tag=None):
+        h, w = image.shape[:2]
+        if mask is not None and np.shape(mask)[:2] != (h, w):
+            raise ValueError(f"mask has shape {np.shape(mask)}, expected ({h}, {w})")
+        self.size, self.mask, self.tag = (h, w), mask, tag
+        hw, ww = _work_shape(h, w, work_size)
+        luma = _luma_u8(image)
+        if (hw, ww) != (h, w):
+            luma = cv2.resize(luma, (ww, hw), interpolation=cv2.INTER_AREA)
+        self.luma = _prefill(luma, _hole(mask, (hw, ww), _PREFILL_MARGIN))
+        self.hole = _hole(mask, (hw, ww), _MASK_MARGIN)
+        self._known = self._features = None
+
+    @property
+    def known(self) -> np.ndarray:
+        """bool (H, W) at full size: pixels outside the mask (not grown)."""
+        if self._known is None:
+            self._known = ~_hole(self.mask, self.size, 0)
+        return self._known
+
+    @property
+    def features(self):
+        """ORB (keypoints, descriptors) outside the grown hole."""
+        if self._features is None:
+            orb = cv2.ORB_create(nfeatures=1500, fastThreshold=10)
+            self._features = orb.detectAndCompute(self.luma, (~self.hole).astype(np.uint8) * 255)
+        return self._features
+
+
+def _dis_pair(target: FlowFrame, key: FlowFrame, cache):
+    """Raw DIS flows target->key and key->target; shared through ``cache`` (a dict-like
+    keyed by tag pairs) so the reverse pair of frames reuses them."""
+    if cache is None or target.tag is None or key.tag is None:
+        return _dis(target.luma, key.luma), _dis(key.luma, target.luma)
+    if (key.tag, target.tag) in cache:
+        backward, forward = cache[(key.tag, target.tag)]
+        return forward, backward
+    if (target.tag, key.tag) not in cache:
+        cache[(target.tag, key.tag)] = (_dis(target.luma, key.luma), _dis(key.luma, target.luma))
+    return cache[(target.tag, key.tag)]
+
+
 def flow(target: np.ndarray, key: np.ndarray,
          target_mask: np.ndarray | None = None, key_mask: np.ndarray | None = None,
          work_size: int = DEFAULT_WORK_SIZE, prealign: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -359,29 +435,33 @@ def flow(target: np.ndarray, key: np.ndarray,
     for name, m in (("target_mask", target_mask), ("key_mask", key_mask)):
         if m is not None and np.shape(m)[:2] != (h, w):
             raise ValueError(f"{name} has shape {np.shape(m)}, expected ({h}, {w})")
-    hw, ww = _work_shape(h, w, work_size)
-    t_luma, k_luma = _luma_u8(target), _luma_u8(key)
-    if (hw, ww) != (h, w):
-        t_luma = cv2.resize(t_luma, (ww, hw), interpolation=cv2.INTER_AREA)
-        k_luma = cv2.resize(k_luma, (ww, hw), interpolation=cv2.INTER_AREA)
-    shape = (hw, ww)
-    t_luma = _prefill(t_luma, _hole(target_mask, shape, _PREFILL_MARGIN))
-    k_luma = _prefill(k_luma, _hole(key_mask, shape, _PREFILL_MARGIN))
-    t_hole, k_hole = _hole(target_mask, shape, _MASK_MARGIN), _hole(key_mask, shape, _MASK_MARGIN)
+    return flow_between(FlowFrame(target, target_mask, work_size), FlowFrame(key, key_mask, work_size), prealign)
 
-    forward, backward, error = _completed(_dis(t_luma, k_luma), _dis(k_luma, t_luma), t_hole, k_hole, h, w)
+
+def flow_between(target: FlowFrame, key: FlowFrame, prealign: bool = False,
+                 dis_cache=None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`flow` on prepared frames (same size and working size); ``dis_cache``: see
+    :func:`_dis_pair`."""
+    if key.size != target.size or key.luma.shape != target.luma.shape:
+        raise ValueError(f"key is {key.size[1]}x{key.size[0]}, target is {target.size[1]}x{target.size[0]}")
+    h, w = target.size
+    t_luma, k_luma, t_hole, k_hole = target.luma, key.luma, target.hole, key.hole
+    forward, backward, error = _completed(*_dis_pair(target, key, dis_cache), t_hole, k_hole, h, w)
     if prealign:
-        known = ~_hole(target_mask, (h, w), 0)
+        known = target.known
         plain = float(np.mean(np.minimum(error[known], 20))) if known.any() else 0.0
         # DIS alone is right where it is consistent: pre-align only where it is not.
-        hmat = _homography(t_luma, k_luma, t_hole, k_hole) if plain > _PREALIGN_ABOVE_PX else None
+        hmat = _homography(target, key) if plain > _PREALIGN_ABOVE_PX else None
+        if hmat is not None and _explained(forward, error, known, hmat, target.luma.shape):
+            hmat = None
         if hmat is not None:
             # Pre-aligned flow where it is the more consistent of the two outside the holes
             # (one homography fits a camera move, not always a scene of several depths).
             aligned = _completed(*_prealigned_dis(t_luma, k_luma, hmat), t_hole, k_hole, h, w)
             if np.mean(np.minimum(aligned[2][known], 20)) < plain:
                 forward, backward, error = aligned
-    log.debug("flow %dx%d at %dx%d: median |F| %.2f px, median error %.2f px",
-              w, h, ww, hw, float(np.median(np.linalg.norm(forward, axis=2))),
-              float(np.median(error)))
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("flow %dx%d at %dx%d: median |F| %.2f px, median error %.2f px",
+                  w, h, t_luma.shape[1], t_luma.shape[0], float(np.median(np.linalg.norm(forward, axis=2))),
+                  float(np.median(error)))
     return forward.astype(np.float32), error

@@ -161,3 +161,37 @@ def test_prealign_follows_a_large_zoom_and_roll():
         errs[prealign] = float(np.abs(F.warp(key, f) - target)[inside].mean())
     assert errs[True] < 0.02
     assert errs[True] < 0.5 * errs[False]
+
+
+def test_prepared_frames_and_the_dis_cache_give_the_plain_flow():
+    """flow_between on prepared frames is flow(); the reverse pair reuses the cached DIS exactly."""
+    target, key = _shifted_pair(4, 2, seed=3)
+    mask_t = np.zeros((H, W), np.float32)
+    mask_t[60:120, 80:140] = 1
+    mask_k = np.zeros((H, W), np.float32)
+    mask_k[100:150, 200:240] = 1
+    a = F.FlowFrame(target, mask_t, 256, tag="a")
+    b = F.FlowFrame(key, mask_k, 256, tag="b")
+    cache = {}
+    for first, second, tm, km, t_img, k_img in ((a, b, mask_t, mask_k, target, key),
+                                                (b, a, mask_k, mask_t, key, target)):
+        got = F.flow_between(first, second, prealign=True, dis_cache=cache)
+        want = F.flow(t_img, k_img, target_mask=tm, key_mask=km, work_size=256, prealign=True)
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    assert list(cache) == [("a", "b")]  # the second call found the pair the first one stored
+
+
+def test_prealign_is_skipped_when_the_plain_flow_follows_the_camera(monkeypatch):
+    """A thin strip panning 10 px: pixels leaving the frame make DIS look inconsistent, but its
+    flow is the homography's; a pre-aligned DIS would find the same flow and is not run."""
+    big = _texture(400, 160, seed=5)
+    h, w = 360, 96
+    target = np.ascontiguousarray(big[20:20 + h, 30:30 + w])
+    key = np.ascontiguousarray(big[20:20 + h, 40:40 + w])   # target(x) = key(x - 10)
+    calls = []
+    real = F._prealigned_dis
+    monkeypatch.setattr(F, "_prealigned_dis", lambda *a: calls.append(1) or real(*a))
+    f, e = F.flow(target, key, prealign=True)
+    assert F.OUT_OF_FRAME_ERROR in e  # the inconsistency that used to trigger pre-alignment
+    assert calls == []
+    np.testing.assert_allclose(f[:, 20:-20, 0], -10, atol=0.5)

@@ -303,8 +303,8 @@ def test_sources_are_frames_that_reveal_the_hole(engine):
     roi = plan_roi((0, 0, H, W), (H, W), 640, engine.stride)
     filler = ShotFiller(engine, roi, Settings(), False, key_loader=None,
                         source_loader=lambda k: (frames[k], masks[k]))
-    target, hole = filler.plate_frame(2)
-    chosen = filler.choose_sources(2, target, hole, source_candidates(2, set(range(6))), 4)
+    _, hole, target = filler.plate_frame(2)
+    chosen = filler.choose_sources(target, hole, source_candidates(2, set(range(6))), 4)
     picked = [c[0] for c in chosen]
     assert picked and 2 not in picked
     assert len(picked) == len(set(picked)) <= 4
@@ -312,7 +312,7 @@ def test_sources_are_frames_that_reveal_the_hole(engine):
     ys, xs = np.nonzero(hole)
     revealed = np.zeros(ys.size, bool)
     for cand, flow, _ in chosen:
-        _, cand_hole = filler.plate_frame(cand)
+        _, cand_hole, _ = filler.plate_frame(cand)
         qy = np.clip(np.rint(ys + flow[ys, xs, 1]).astype(int), 0, hole.shape[0] - 1)
         qx = np.clip(np.rint(xs + flow[ys, xs, 0]).astype(int), 0, hole.shape[1] - 1)
         revealed |= cand_hole[qy, qx] == 0
@@ -359,3 +359,44 @@ def test_roi_inside_a_larger_frame_lines_up(engine):
     assert np.abs(rgb[keep] - expected[keep]).max() < 1e-5
     out = filler.fill(plate, mask, [0])
     assert np.array_equal(out[mask == 0], plate[mask == 0])
+
+
+def test_keyframes_are_encoded_only_when_the_network_runs(tmp_path, engine, monkeypatch):
+    """Where warped sources show the whole hole the network does not run, so nothing is encoded."""
+    shot = write_shot(tmp_path)
+    (tmp_path / "out").mkdir()
+    calls = []
+    real = engine.encode_keyframe
+    monkeypatch.setattr(engine, "encode_keyframe", lambda x: calls.append(x.shape) or real(x))
+    propagate(shot, Settings(model=MODEL), engine=engine)
+    assert calls == []
+    # A hole no source shows (the same static box in every frame, no keyframes): the network runs.
+    for i in range(N):
+        mask = np.zeros((H, W), np.float32)
+        mask[30:60, 50:80] = 1
+        io.write_image(tmp_path / f"mask.{FIRST + i:04d}.png", mask, like=io.ImageFormat(".png", "uint8", 1))
+    (tmp_path / "out2").mkdir()
+    propagate(Shot(shot.plate, shot.mask, None, str(tmp_path / "out2" / "f.####.png")), Settings(model=MODEL),
+              engine=engine)
+    assert calls
+
+
+def test_masks_kept_from_the_roi_scan_give_the_pixels_of_masks_read_again(tmp_path, engine, monkeypatch):
+    import keyprop.core.api as api
+
+    shot = write_shot(tmp_path)
+    outs = {}
+    for budget in (api.MASK_KEEP_BYTES, 0):
+        monkeypatch.setattr(api, "MASK_KEEP_BYTES", budget)
+        reads = []
+        real = io.read_mask
+        monkeypatch.setattr(io, "read_mask", lambda p: reads.append(p) or real(p))
+        out = tmp_path / f"out{budget}"
+        out.mkdir()
+        propagate(Shot(shot.plate, shot.mask, shot.keys, str(out / "f.####.png")), Settings(model=MODEL),
+                  engine=engine)
+        monkeypatch.setattr(io, "read_mask", real)
+        outs[budget] = [cv2.imread(str(out / f"f.{f:04d}.png"), cv2.IMREAD_UNCHANGED) for f in range(101, 105)]
+        # Kept: each mask is decoded once (the scan); not kept: again for every frame filled or used.
+        assert (len(reads) == N) == (budget > 0)
+    assert all(np.array_equal(a, b) for a, b in zip(*outs.values()))
