@@ -427,8 +427,11 @@ class ShotFiller:
         roi = self.roi
         flow_plate = roi.flow_to_plate(np.ascontiguousarray(flow_work.transpose(1, 2, 0)))
         warped = flowlib.warp(key_plate, flow_plate)
-        sigma = 0.6 / roi.scale
-        detail = warped - cv2.GaussianBlur(warped, (0, 0), sigma)
+        # High frequencies above what the working size kept, per axis (an axis not reduced
+        # lost nothing: no blur along it).
+        # (A sigma of 1e-6 makes OpenCV's kernel one tap wide: the identity.)
+        sx, sy = (0.6 / s if s < 0.999 else 1e-6 for s in (roi.scale_x, roi.scale_y))
+        detail = warped - cv2.GaussianBlur(warped, (0, 0), sx, sigmaY=sy)
         # Error in working pixels; resized linearly (cubic rings below 0 next to large errors).
         err = cv2.resize(np.clip(err_work, 0, 50).astype(np.float32), (roi.width, roi.height),
                          interpolation=cv2.INTER_LINEAR)
@@ -468,28 +471,41 @@ def shot_roi(bbox, size, settings: Settings, stride: int) -> ROI:
 MASK_KEEP_BYTES = 64 << 20
 
 
+def _mask_box(path: str, frame: int, size):
+    """(bbox, mask inside bbox) of one mask file, checked against the plate ``size``."""
+    mask = io.read_mask(path)
+    if mask.shape != tuple(size):
+        raise KeypropInputError(f"mask frame {frame} is {mask.shape[1]}x{mask.shape[0]}, expected "
+                                f"{size[1]}x{size[0]} like the plate", path)
+    if (mask > 0).all():
+        raise KeypropInputError(f"mask frame {frame} covers the whole frame: nothing is left to align "
+                                "the keyframes to", path)
+    bbox = mask_bbox(mask)
+    return bbox, (mask[bbox[0]:bbox[2], bbox[1]:bbox[3]].copy() if bbox else None)
+
+
 def _shot_roi(shot: Shot, frames_all: Sequence[int], size, engine, settings: Settings,
               keep: Optional[Dict[int, tuple]] = None, keep_frames=()) -> Optional[ROI]:
     """The ROI of the whole plate range (not just this chunk): chunks must agree.
 
-    ``keep``: filled with frame -> (bbox, mask inside bbox) for frames in ``keep_frames``
-    while MASK_KEEP_BYTES allows.
+    Masks are decoded two at a time (codecs release the GIL); the first bad one in frame
+    order is the error reported. ``keep``: filled with frame -> (bbox, mask inside bbox)
+    for frames in ``keep_frames`` while MASK_KEEP_BYTES allows.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     boxes, kept_bytes = [], 0
-    for frame in frames_all:
-        mask = io.read_mask(expand(shot.mask, frame))
-        if mask.shape != tuple(size):
-            raise KeypropInputError(f"mask frame {frame} is {mask.shape[1]}x{mask.shape[0]}, expected "
-                                    f"{size[1]}x{size[0]} like the plate", expand(shot.mask, frame))
-        if (mask > 0).all():
-            raise KeypropInputError(f"mask frame {frame} covers the whole frame: nothing is left to align "
-                                    "the keyframes to", expand(shot.mask, frame))
-        boxes.append(mask_bbox(mask))
-        if keep is not None and frame in keep_frames:
-            crop = mask[boxes[-1][0]:boxes[-1][2], boxes[-1][1]:boxes[-1][3]].copy() if boxes[-1] else None
-            if crop is None or kept_bytes + crop.nbytes <= MASK_KEEP_BYTES:
-                keep[frame] = (boxes[-1], crop)
-                kept_bytes += 0 if crop is None else crop.nbytes
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="keyprop-scan")
+    try:
+        scans = pool.map(lambda f: _mask_box(expand(shot.mask, f), f, size), frames_all)
+        for frame, (bbox, crop) in zip(frames_all, scans):
+            boxes.append(bbox)
+            if keep is not None and frame in keep_frames:
+                if crop is None or kept_bytes + crop.nbytes <= MASK_KEEP_BYTES:
+                    keep[frame] = (bbox, crop)
+                    kept_bytes += 0 if crop is None else crop.nbytes
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)   # after a bad mask, the rest are not read
     bbox = union_bbox(boxes)
     if bbox is None:
         return None

@@ -63,8 +63,20 @@ class ROI:
 
     @property
     def scale(self) -> float:
-        """Working pixels per plate pixel along the long side (< 1: downscaled)."""
-        return max(self.work_h / self.height, self.work_w / self.width)
+        """Working pixels per plate pixel along the more reduced axis (< 1: downscaled).
+
+        The axes may differ: a tall, thin ROI is reduced along its height but kept at
+        MIN_WORK_SIDE across (at or above plate resolution).
+        """
+        return min(self.scale_y, self.scale_x)
+
+    @property
+    def scale_y(self) -> float:
+        return self.work_h / self.height
+
+    @property
+    def scale_x(self) -> float:
+        return self.work_w / self.width
 
     def crop(self, image: np.ndarray) -> np.ndarray:
         return image[self.y0:self.y1, self.x0:self.x1]

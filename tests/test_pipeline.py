@@ -400,3 +400,26 @@ def test_masks_kept_from_the_roi_scan_give_the_pixels_of_masks_read_again(tmp_pa
         # Kept: each mask is decoded once (the scan); not kept: again for every frame filled or used.
         assert (len(reads) == N) == (budget > 0)
     assert all(np.array_equal(a, b) for a, b in zip(*outs.values()))
+
+
+def test_detail_is_restored_along_the_reduced_axis_only(engine):
+    """A tall ROI reduced in height only: the keyframe's fine vertical detail comes back at plate
+    resolution, and nothing is added along the width (not reduced, nothing was lost)."""
+    from keyprop.core.api import ShotFiller
+    from keyprop.core.roi import ROI
+
+    h, w = 400, 64
+    rng = np.random.default_rng(2)
+    key = np.repeat(rng.random((h, 1, 3)).astype(np.float32), w, axis=1)  # stripes: detail along y only
+    roi = ROI(0, 0, h, w, 200, w)
+    filler = ShotFiller(engine, roi, Settings(), False, key_loader=lambda k: key)
+    fill = cv2.resize(cv2.resize(key, (w, 200), interpolation=cv2.INTER_AREA), (w, h), interpolation=cv2.INTER_CUBIC)
+    flow = np.zeros((200, w, 2), np.float32)
+    err = np.zeros((200, w), np.float32)
+    restored = filler._restore_detail(fill, key, flow.transpose(2, 0, 1), err)
+    inner = slice(8, -8)
+    assert np.abs(restored - key)[inner].mean() < 0.5 * np.abs(fill - key)[inner].mean()
+    # Along the width: a key with detail across x only gains nothing.
+    key_x = np.repeat(rng.random((1, w, 3)).astype(np.float32), h, axis=0)
+    fill_x = cv2.resize(cv2.resize(key_x, (w, 200), interpolation=cv2.INTER_AREA), (w, h), interpolation=cv2.INTER_CUBIC)
+    assert np.abs(filler._restore_detail(fill_x, key_x, flow.transpose(2, 0, 1), err) - fill_x).max() < 1e-4

@@ -22,3 +22,11 @@ def test_large_roi_is_downscaled_to_the_working_resolution():
     roi = plan_roi((100, 100, 2000, 3700), (2160, 3840), 640, 8)
     assert max(roi.work_h, roi.work_w) <= 640 and roi.scale < 0.2
     assert roi.work_h % 8 == 0 and roi.work_w % 8 == 0
+
+
+def test_thin_roi_counts_as_downscaled_along_its_reduced_axis():
+    """A tall wire on a 1080p plate: the height is reduced, the width kept at MIN_WORK_SIDE. The
+    ROI is downscaled (plate detail is restored) though one axis is at plate resolution."""
+    roi = plan_roi((216, 900, 864, 910), (1080, 1920), 640, 8)
+    assert roi.scale_x == 1.0 and roi.scale_y < 0.7
+    assert roi.scale == roi.scale_y

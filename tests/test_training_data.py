@@ -151,3 +151,16 @@ def test_self_source_examples_are_single_image_inpainting():
     np.testing.assert_array_equal(arr["srcs"][0], arr["input"])   # the source is the network's own input
     plain = make_example(bank, rng(3), 64, 2, SynthSettings(self_source_prob=0.0))
     assert not np.array_equal(plain["ref_masks"][0], plain["mask"]) or not plain["mask"].any()
+
+
+def test_recolour_turns_grey_pictures_into_colour_and_is_off_by_default():
+    grey = np.repeat(np.linspace(0, 1, 160 * 160, dtype=np.float32).reshape(160, 160, 1), 3, axis=2)
+    bank = PictureBank([grey], procedural=0.0)
+    plain = make_example(bank, rng(4), 64, 1, SynthSettings())
+    assert np.abs(plain["target"] - plain["target"].mean(axis=2, keepdims=True)).max() < 1e-6
+    # recolour_prob 0 draws nothing: the example stream of older configs is unchanged.
+    again = make_example(bank, rng(4), 64, 1, SynthSettings(recolour_prob=0.0))
+    assert all(np.array_equal(plain[k], again[k]) for k in plain)
+    spread = [np.abs(ex["target"] - ex["target"].mean(axis=2, keepdims=True)).max()
+              for ex in (make_example(bank, rng(i), 64, 1, SynthSettings(recolour_prob=1.0)) for i in range(6))]
+    assert max(spread) > 0.05

@@ -47,6 +47,9 @@ class SynthSettings:
     self_source_prob: float = 0.0       # the only source is the target itself, hole included
                                         # (single-image inpainting, as keyprop runs it when no
                                         # frame shows the hole)
+    recolour_prob: float = 0.0          # the picture gets a random colour mix (grey pictures turn
+                                        # duotone): the hole's colour must come from its context,
+                                        # not from a prior learned on mostly grey pictures
     quantize: bool = True               # frames as 8-bit, as display-referred plates usually are
     masks: MaskSettings = field(default_factory=MaskSettings)
 
@@ -105,6 +108,17 @@ def _prepare_canvas(picture: np.ndarray, size: int, rng: np.random.Generator, s:
     return np.ascontiguousarray(np.clip(picture, 0, 1), dtype=np.float32)
 
 
+def _recolour(picture: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random colour mix of the whole picture: out = picture @ M + b (clipped), M a random
+    blend of the identity, a channel permutation and per-channel gains. A grey picture becomes
+    a random duotone; a colour one gets its hues moved."""
+    mix = rng.uniform(0.0, 1.0)
+    m = (1 - mix) * np.eye(3) + mix * np.eye(3)[rng.permutation(3)]
+    m = m * rng.uniform(0.3, 1.2, (1, 3))
+    b = rng.uniform(-0.1, 0.3, 3) * (1 - m.sum(axis=0) / 3)
+    return np.clip(picture @ m.astype(np.float32) + b.astype(np.float32), 0, 1).astype(np.float32)
+
+
 def _colour_shift(frame: np.ndarray, rng: np.random.Generator, s: SynthSettings) -> np.ndarray:
     gain = np.exp(rng.normal(0, s.colour_std, 3) + rng.uniform(-s.exposure, s.exposure)).astype(np.float32)
     gamma = np.float32(np.exp(rng.normal(0, 0.03)))
@@ -153,6 +167,8 @@ def make_example(bank: PictureBank, rng: np.random.Generator, size: int, n_refs:
 
 def _still_views(picture, bank, rng, size, n_refs, s):
     canvas = _prepare_canvas(picture, size, rng, s)
+    if s.recolour_prob > 0 and rng.random() < s.recolour_prob:  # (no draw at 0: older runs replay)
+        canvas = _recolour(canvas, rng)
     h, w = canvas.shape[:2]
     cx, cy = rng.uniform(size / 2, max(size / 2 + 1, w - size / 2)), rng.uniform(size / 2, max(size / 2 + 1, h - size / 2))
     place = _translate(cx - size / 2, cy - size / 2)  # target pixel -> canvas
