@@ -224,19 +224,24 @@ def fuse_warps(fill: np.ndarray, warps: Sequence[tuple]) -> np.ndarray:
 
 
 class _LRU(OrderedDict):
-    """A small least-recently-used cache: memory stays bounded however long the shot."""
+    """A small least-recently-used cache: memory stays bounded however long the shot (every
+    insertion evicts the oldest entries beyond ``size``)."""
 
     def __init__(self, size: int):
         super().__init__()
         self.size = size
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > self.size:
+            self.popitem(last=False)
 
     def get_or(self, key, make):
         if key in self:
             self.move_to_end(key)
             return self[key]
         value = self[key] = make()
-        while len(self) > self.size:
-            self.popitem(last=False)
         return value
 
 
@@ -288,7 +293,8 @@ class ShotFiller:
         if frame not in self._keys:
             crop = self._display(self._crop(self.key_loader(frame)))
             work = self.roi.resize_to_work(crop)
-            self._keys[frame] = (work, crop, self._flow_frame(work, None, ("key", frame)))
+            # No tag: a keyframe's flows are never asked for the other way round.
+            self._keys[frame] = (work, crop, self._flow_frame(work, None, None))
         return self._keys[frame]
 
     def _key_handle(self, frame: int):

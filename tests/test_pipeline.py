@@ -423,3 +423,18 @@ def test_detail_is_restored_along_the_reduced_axis_only(engine):
     key_x = np.repeat(rng.random((1, w, 3)).astype(np.float32), h, axis=0)
     fill_x = cv2.resize(cv2.resize(key_x, (w, 200), interpolation=cv2.INTER_AREA), (w, h), interpolation=cv2.INTER_CUBIC)
     assert np.abs(filler._restore_detail(fill_x, key_x, flow.transpose(2, 0, 1), err) - fill_x).max() < 1e-4
+
+
+def test_caches_stay_bounded_over_a_long_shot(engine):
+    """The DIS pairs and prepared frames a filler keeps do not grow with the number of frames."""
+    from keyprop.core.api import ShotFiller, source_candidates
+    from keyprop.core.roi import plan_roi
+
+    frames, masks = zip(*[(scene(i % N)[0], scene(i % N)[2]) for i in range(24)])
+    roi = plan_roi((0, 0, H, W), (H, W), 640, engine.stride)
+    filler = ShotFiller(engine, roi, Settings(), False, key_loader=lambda k: frames[k],
+                        source_loader=lambda k: (frames[k], masks[k]))
+    for i in range(24):
+        filler.fill(frames[i], masks[i], [0] if i else [], source_candidates(i, set(range(24))), i)
+        assert len(filler._dis) <= filler._dis.size and len(filler._plate) <= filler._plate.size
+    assert all(tag[0] == "plate" for pair in filler._dis for tag in pair)
