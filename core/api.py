@@ -3,10 +3,15 @@
 Per target frame (streamed: read, fill, write, one at a time)::
 
     plate, mask --crop to ROI--> display-referred [0, 1] --resize--> working size
-    keyframes (encoded once per shot) --plan: nearest before/after, at most max_keys-->
-    DIS flow target->keyframe (completed in the hole) + consistency error
-    engine.fill -> fill at working size -> plate size (+ keyframe detail where the warp is
-    reliable) -> scene-linear if the plate is -> composited inside the mask only
+    keyframes (nearest before/after, at most max_keys) and plate frames that show the hole
+    --> DIS flow target->source (completed in the hole) + consistency error
+    --> warped sources, exposure-matched, fused per pixel (engine.fill only where no source
+    shows a hole pixel; keyframes are encoded for it the first time it runs)
+    -> fill at working size -> plate size (+ keyframe detail where the warp is reliable)
+    -> scene-linear if the plate is -> composited inside the mask only
+
+Each frame is prepared for flow once (``flow.FlowFrame``) however many flows it takes part
+in, and the raw DIS flows between two plate frames serve the reverse pair too.
 
 Pixels where the (dilated, feathered) mask is 0 are the plate's, bit for bit; alpha and
 other channels pass through. Outputs are written to a temporary name and renamed.
