@@ -571,13 +571,35 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
     mask_frames = [f for f in plate_frames if os.path.exists(expand(shot.mask, f))]
     kept_masks: Dict[int, tuple] = {}   # frame -> (bbox, mask inside it), from the ROI scan
     reach = max(abs(d) for d in SOURCE_OFFSETS)
-    roi = _shot_roi(shot, mask_frames, size, engine, settings, kept_masks,
-                    range(frames[0] - reach, frames[-1] + reach + 1))
+    frame_io = _FrameIO()
+    try:
+        # While the masks are scanned, the reader decodes what the first frame needs: its
+        # plate and its keyframes (each is taken from here once, then read as usual).
+        ahead = {("plate", frames[0]): frame_io.reader.submit(io.read_frame, expand(shot.plate, frames[0]))}
+        for k in (plan_keyframes(frames[0], key_frames, settings.max_keys) if key_frames else []):
+            ahead[("key", k)] = frame_io.reader.submit(io.read_frame, expand(shot.keys, k))
+        roi = _shot_roi(shot, mask_frames, size, engine, settings, kept_masks,
+                        range(frames[0] - reach, frames[-1] + reach + 1))
+        return _fill_shot(shot, settings, engine, progress, cancel, resume, frames, key_frames, mask_frames,
+                          roi, kept_masks, ahead, frame_io, size)
+    finally:
+        frame_io.close()
+
+
+def _fill_shot(shot, settings, engine, progress, cancel, resume, frames, key_frames, mask_frames, roi,
+               kept_masks, ahead, frame_io, size) -> Result:
+    """propagate's loop over the frames, once the inputs are checked and the ROI is planned."""
     result = Result(model_info=dict(engine.model_info), roi=roi)
     if roi is None:
         log.warning("every mask of the shot is empty: frames pass through unchanged")
-    first_format = io.read_frame(expand(shot.plate, frames[0])).format
-    linear = settings.linear if settings.linear is not None else color.is_linear_by_default(first_format)
+
+    def read_ahead(kind, k, path):
+        """A frame decoded ahead (taken once), else read now."""
+        future = ahead.pop((kind, k), None)
+        return future.result() if future is not None else io.read_frame(path)
+
+    first = ahead[("plate", frames[0])].result()   # stays for the first frame's read
+    linear = settings.linear if settings.linear is not None else color.is_linear_by_default(first.format)
     if not key_frames:
         log.warning("no keyframes: filling from the shot's own frames (at most %d sources per frame)",
                     settings.max_sources)
@@ -588,7 +610,7 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
     reading: Dict[int, object] = {}   # frame -> Future of read(frame): the next two frames at most
 
     def read(k):
-        return io.read_frame(expand(shot.plate, k)), read_mask_roi(k)
+        return read_ahead("plate", k, expand(shot.plate, k)), read_mask_roi(k)
 
     def read_mask_roi(k):
         """The mask's ROI crop by read_mask's rule (whole-frame), kept from the scan if it was."""
@@ -611,51 +633,48 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
         return plate.region(*box), mask
 
     filler = ShotFiller(engine, roi, settings, linear,
-                        key_loader=lambda k: io.read_frame(expand(shot.keys, k)).region(*box),
+                        key_loader=lambda k: read_ahead("key", k, expand(shot.keys, k)).region(*box),
                         source_loader=load_source) if roi else None
     plate_with_masks = set(mask_frames)
     keys_set = set(key_frames)
     total, done = len(frames), 0
-    frame_io = _FrameIO()
-    try:
-        for frame in frames:
-            # Decode the next frames (next targets, and the next source beyond them) while this
-            # one is filled: codecs release the GIL.
-            for upcoming in (frame + 1, frame + 2):
-                if upcoming in plate_with_masks and upcoming not in frames_read and upcoming not in reading:
-                    reading[upcoming] = frame_io.reader.submit(read, upcoming)
-            if cancel is not None and cancel.is_set():
-                result.cancelled = True
-                log.info("cancelled after %d of %d frames", done, total)
-                break
-            t0 = time.perf_counter()
-            out_path = expand(shot.out, frame)
-            if resume and os.path.exists(out_path):
-                status, job = "skipped", None
+    for frame in frames:
+        # Decode the next frames (next targets, and the next source beyond them) while this
+        # one is filled: codecs release the GIL.
+        for upcoming in (frame + 1, frame + 2):
+            if upcoming in plate_with_masks and upcoming not in frames_read and upcoming not in reading:
+                reading[upcoming] = frame_io.reader.submit(read, upcoming)
+        if cancel is not None and cancel.is_set():
+            result.cancelled = True
+            log.info("cancelled after %d of %d frames", done, total)
+            break
+        t0 = time.perf_counter()
+        out_path = expand(shot.out, frame)
+        if resume and os.path.exists(out_path):
+            status, job = "skipped", None
+            ahead.pop(("plate", frame), None)   # the first frame, decoded ahead: not needed
+        else:
+            plate, mask = load(frame)
+            if frame in keys_set:
+                status = "keyframe"
+                pixels = _match_channels(io.read_image(expand(shot.keys, frame)).pixels, plate.region())
+                job = (io.write_image, out_path, pixels, plate.format)
+            elif filler is None or not (mask > 0).any():
+                status, job = "passthrough", (io.write_frame, out_path, plate)
+                log.info("frame %d: empty mask, plate passed through", frame)
             else:
-                plate, mask = load(frame)
-                if frame in keys_set:
-                    status = "keyframe"
-                    pixels = _match_channels(io.read_image(expand(shot.keys, frame)).pixels, plate.region())
-                    job = (io.write_image, out_path, pixels, plate.format)
-                elif filler is None or not (mask > 0).any():
-                    status, job = "passthrough", (io.write_frame, out_path, plate)
-                    log.info("frame %d: empty mask, plate passed through", frame)
-                else:
-                    plan = plan_keyframes(frame, key_frames, settings.max_keys) if key_frames else []
-                    candidates = source_candidates(frame, plate_with_masks)
-                    status = "filled" if plan or candidates else "inpainted"
-                    if status == "inpainted":
-                        log.warning("frame %d: no keyframe and no other frame: filled from its own context", frame)
-                    filled = filler.fill(plate.region(*box), mask, plan, candidates, frame)
-                    job = (io.write_frame, out_path, plate, filled, (box[0], box[2]))
-            # The write overlaps the next frame's fill; a frame counts as done once written.
-            for event in frame_io.submit(job, (frame, status, t0, out_path)):
-                done = _report(result, progress, event, done, total)
-        for event in frame_io.drain():
+                plan = plan_keyframes(frame, key_frames, settings.max_keys) if key_frames else []
+                candidates = source_candidates(frame, plate_with_masks)
+                status = "filled" if plan or candidates else "inpainted"
+                if status == "inpainted":
+                    log.warning("frame %d: no keyframe and no other frame: filled from its own context", frame)
+                filled = filler.fill(plate.region(*box), mask, plan, candidates, frame)
+                job = (io.write_frame, out_path, plate, filled, (box[0], box[2]))
+        # The write overlaps the next frame's fill; a frame counts as done once written.
+        for event in frame_io.submit(job, (frame, status, t0, out_path)):
             done = _report(result, progress, event, done, total)
-    finally:
-        frame_io.close()
+    for event in frame_io.drain():
+        done = _report(result, progress, event, done, total)
     return result
 
 

@@ -175,6 +175,10 @@ def _bad_input_cases(root: Path, shot: Shot):
         (r / "plate.0102.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
         return []
 
+    def corrupt_key(r):   # decoded ahead, while the masks are scanned
+        (r / "key.0104.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+        return []
+
     def full_mask(r):
         io.write_image(r / "mask.0102.png", np.ones((H, W), np.float32))
         return []
@@ -198,6 +202,7 @@ def _bad_input_cases(root: Path, shot: Shot):
             ("mask size", size_mismatch, "mask.0102.png"),
             ("keyframe outside the plate", stray_key, "keyframe 99 has no plate frame"),
             ("corrupt file", corrupt_plate, "plate.0102.png"),
+            ("corrupt keyframe", corrupt_key, "key.0104.png"),
             ("full-frame mask", full_mask, "whole frame"),
             ("output equals input", out_is_input, "overwrite the plate"),
             ("unwritable output", no_out_dir, "does not exist"),
@@ -205,7 +210,7 @@ def _bad_input_cases(root: Path, shot: Shot):
             ("nan in exr", nan_exr, "plate.0101.exr")]
 
 
-@pytest.mark.parametrize("case", range(9))
+@pytest.mark.parametrize("case", range(10))
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, case):
     shot = write_shot(tmp_path)
     (tmp_path / "out").mkdir()
