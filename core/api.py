@@ -311,14 +311,14 @@ class ShotFiller:
             log.debug("encoded keyframe %d at %dx%d", frame, work.shape[1], work.shape[0])
         return self._key_handles[frame]
 
-    def plate_frame(self, frame: int):
-        """A plate frame prepared as a source: (working RGB with its hole zeroed, hole, FlowFrame)."""
-        return self._plate.get_or(frame, lambda: self._with_flow_frame(self._prepare(*self.source_loader(frame)),
-                                                                       frame))
-
-    def _with_flow_frame(self, prepared, frame):
-        rgb, hole = prepared
-        return rgb, hole, self._flow_frame(rgb, hole, ("plate", frame))
+    def plate_frame(self, frame: int, load: Optional[Callable[[], tuple]] = None):
+        """A plate frame prepared once, for its use as a source and as the target: (working RGB
+        with its hole zeroed, hole, FlowFrame). ``load() -> (pixels, mask)``; default: the
+        source loader (a target's own pixels and mask must be the loader's)."""
+        def make():
+            rgb, hole = self._prepare(*(load() if load is not None else self.source_loader(frame)))
+            return rgb, hole, self._flow_frame(rgb, hole, ("plate", frame))
+        return self._plate.get_or(frame, make)
 
     def _flow_frame(self, rgb, hole, tag):
         return flowlib.FlowFrame(rgb, hole, max(self.roi.work_h, self.roi.work_w), tag)
@@ -371,10 +371,7 @@ class ShotFiller:
         """
         roi, s = self.roi, self.settings
         if frame is not None and self.source_loader is not None:
-            # Prepared once for its use as target and as another frame's source (the same
-            # pixels and mask: the loader's).
-            target, hole, target_flow = self._plate.get_or(
-                frame, lambda: self._with_flow_frame(self._prepare(pixels, mask), frame))
+            target, hole, target_flow = self.plate_frame(frame, lambda: (pixels, mask))
         else:
             target, hole = self._prepare(pixels, mask)
             target_flow = self._flow_frame(target, hole, None)
@@ -580,102 +577,95 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
             ahead[("key", k)] = frame_io.reader.submit(io.read_frame, expand(shot.keys, k))
         roi = _shot_roi(shot, mask_frames, size, engine, settings, kept_masks,
                         range(frames[0] - reach, frames[-1] + reach + 1))
-        return _fill_shot(shot, settings, engine, progress, cancel, resume, frames, key_frames, mask_frames,
-                          roi, kept_masks, ahead, frame_io, size)
+        result = Result(model_info=dict(engine.model_info), roi=roi)
+        if roi is None:
+            log.warning("every mask of the shot is empty: frames pass through unchanged")
+
+        def read_ahead(kind, k, path):
+            """A frame decoded ahead (taken once), else read now."""
+            future = ahead.pop((kind, k), None)
+            return future.result() if future is not None else io.read_frame(path)
+
+        first = ahead[("plate", frames[0])].result()   # stays for the first frame's read
+        linear = settings.linear if settings.linear is not None else color.is_linear_by_default(first.format)
+        if not key_frames:
+            log.warning("no keyframes: filling from the shot's own frames (at most %d sources per frame)",
+                        settings.max_sources)
+
+        box = (roi.y0, roi.y1, roi.x0, roi.x1) if roi else (0, size[0], 0, size[1])
+        frames_read = _LRU(4)   # frame -> (plate Frame, mask ROI crop): the next target is often read as a source
+
+        reading: Dict[int, object] = {}   # frame -> Future of read(frame): the next two frames at most
+
+        def read(k):
+            return read_ahead("plate", k, expand(shot.plate, k)), read_mask_roi(k)
+
+        def read_mask_roi(k):
+            """The mask's ROI crop by read_mask's rule (whole-frame), kept from the scan if it was."""
+            if k in kept_masks:
+                bbox, crop = kept_masks[k]
+                mask = np.zeros((box[1] - box[0], box[3] - box[2]), np.float32)
+                if bbox is not None:
+                    mask[bbox[0] - box[0]:bbox[2] - box[0], bbox[1] - box[2]:bbox[3] - box[2]] = crop
+                return mask
+            mask_path = expand(shot.mask, k)
+            return io.read_mask(mask_path)[box[0]:box[1], box[2]:box[3]] if os.path.exists(mask_path) else None
+
+        def load(k):
+            """A plate frame (file samples) and its mask's ROI crop, read once however often used."""
+            future = reading.pop(k, None)
+            return frames_read.get_or(k, (lambda: future.result()) if future is not None else (lambda: read(k)))
+
+        def load_source(k):
+            plate, mask = load(k)
+            return plate.region(*box), mask
+
+        filler = ShotFiller(engine, roi, settings, linear,
+                            key_loader=lambda k: read_ahead("key", k, expand(shot.keys, k)).region(*box),
+                            source_loader=load_source) if roi else None
+        plate_with_masks = set(mask_frames)
+        keys_set = set(key_frames)
+        total, done = len(frames), 0
+        for frame in frames:
+            # Decode the next frames (next targets, and the next source beyond them) while this
+            # one is filled: codecs release the GIL.
+            for upcoming in (frame + 1, frame + 2):
+                if upcoming in plate_with_masks and upcoming not in frames_read and upcoming not in reading:
+                    reading[upcoming] = frame_io.reader.submit(read, upcoming)
+            if cancel is not None and cancel.is_set():
+                result.cancelled = True
+                log.info("cancelled after %d of %d frames", done, total)
+                break
+            t0 = time.perf_counter()
+            out_path = expand(shot.out, frame)
+            if resume and os.path.exists(out_path):
+                status, job = "skipped", None
+                ahead.pop(("plate", frame), None)   # the first frame, decoded ahead: not needed
+            else:
+                plate, mask = load(frame)
+                if frame in keys_set:
+                    status = "keyframe"
+                    pixels = _match_channels(io.read_image(expand(shot.keys, frame)).pixels, plate.region())
+                    job = (io.write_image, out_path, pixels, plate.format)
+                elif filler is None or not (mask > 0).any():
+                    status, job = "passthrough", (io.write_frame, out_path, plate)
+                    log.info("frame %d: empty mask, plate passed through", frame)
+                else:
+                    plan = plan_keyframes(frame, key_frames, settings.max_keys) if key_frames else []
+                    candidates = source_candidates(frame, plate_with_masks)
+                    status = "filled" if plan or candidates else "inpainted"
+                    if status == "inpainted":
+                        log.warning("frame %d: no keyframe and no other frame: filled from its own context", frame)
+                    filled = filler.fill(plate.region(*box), mask, plan, candidates, frame)
+                    job = (io.write_frame, out_path, plate, filled, (box[0], box[2]))
+            # The write overlaps the next frame's fill; a frame counts as done once written.
+            for event in frame_io.submit(job, (frame, status, t0, out_path)):
+                done = _report(result, progress, event, done, total)
+        for event in frame_io.drain():
+            done = _report(result, progress, event, done, total)
+        return result
     finally:
         frame_io.close()
-
-
-def _fill_shot(shot, settings, engine, progress, cancel, resume, frames, key_frames, mask_frames, roi,
-               kept_masks, ahead, frame_io, size) -> Result:
-    """propagate's loop over the frames, once the inputs are checked and the ROI is planned."""
-    result = Result(model_info=dict(engine.model_info), roi=roi)
-    if roi is None:
-        log.warning("every mask of the shot is empty: frames pass through unchanged")
-
-    def read_ahead(kind, k, path):
-        """A frame decoded ahead (taken once), else read now."""
-        future = ahead.pop((kind, k), None)
-        return future.result() if future is not None else io.read_frame(path)
-
-    first = ahead[("plate", frames[0])].result()   # stays for the first frame's read
-    linear = settings.linear if settings.linear is not None else color.is_linear_by_default(first.format)
-    if not key_frames:
-        log.warning("no keyframes: filling from the shot's own frames (at most %d sources per frame)",
-                    settings.max_sources)
-
-    box = (roi.y0, roi.y1, roi.x0, roi.x1) if roi else (0, size[0], 0, size[1])
-    frames_read = _LRU(4)   # frame -> (plate Frame, mask ROI crop): the next target is often read as a source
-
-    reading: Dict[int, object] = {}   # frame -> Future of read(frame): the next two frames at most
-
-    def read(k):
-        return read_ahead("plate", k, expand(shot.plate, k)), read_mask_roi(k)
-
-    def read_mask_roi(k):
-        """The mask's ROI crop by read_mask's rule (whole-frame), kept from the scan if it was."""
-        if k in kept_masks:
-            bbox, crop = kept_masks[k]
-            mask = np.zeros((box[1] - box[0], box[3] - box[2]), np.float32)
-            if bbox is not None:
-                mask[bbox[0] - box[0]:bbox[2] - box[0], bbox[1] - box[2]:bbox[3] - box[2]] = crop
-            return mask
-        mask_path = expand(shot.mask, k)
-        return io.read_mask(mask_path)[box[0]:box[1], box[2]:box[3]] if os.path.exists(mask_path) else None
-
-    def load(k):
-        """A plate frame (file samples) and its mask's ROI crop, read once however often used."""
-        future = reading.pop(k, None)
-        return frames_read.get_or(k, (lambda: future.result()) if future is not None else (lambda: read(k)))
-
-    def load_source(k):
-        plate, mask = load(k)
-        return plate.region(*box), mask
-
-    filler = ShotFiller(engine, roi, settings, linear,
-                        key_loader=lambda k: read_ahead("key", k, expand(shot.keys, k)).region(*box),
-                        source_loader=load_source) if roi else None
-    plate_with_masks = set(mask_frames)
-    keys_set = set(key_frames)
-    total, done = len(frames), 0
-    for frame in frames:
-        # Decode the next frames (next targets, and the next source beyond them) while this
-        # one is filled: codecs release the GIL.
-        for upcoming in (frame + 1, frame + 2):
-            if upcoming in plate_with_masks and upcoming not in frames_read and upcoming not in reading:
-                reading[upcoming] = frame_io.reader.submit(read, upcoming)
-        if cancel is not None and cancel.is_set():
-            result.cancelled = True
-            log.info("cancelled after %d of %d frames", done, total)
-            break
-        t0 = time.perf_counter()
-        out_path = expand(shot.out, frame)
-        if resume and os.path.exists(out_path):
-            status, job = "skipped", None
-            ahead.pop(("plate", frame), None)   # the first frame, decoded ahead: not needed
-        else:
-            plate, mask = load(frame)
-            if frame in keys_set:
-                status = "keyframe"
-                pixels = _match_channels(io.read_image(expand(shot.keys, frame)).pixels, plate.region())
-                job = (io.write_image, out_path, pixels, plate.format)
-            elif filler is None or not (mask > 0).any():
-                status, job = "passthrough", (io.write_frame, out_path, plate)
-                log.info("frame %d: empty mask, plate passed through", frame)
-            else:
-                plan = plan_keyframes(frame, key_frames, settings.max_keys) if key_frames else []
-                candidates = source_candidates(frame, plate_with_masks)
-                status = "filled" if plan or candidates else "inpainted"
-                if status == "inpainted":
-                    log.warning("frame %d: no keyframe and no other frame: filled from its own context", frame)
-                filled = filler.fill(plate.region(*box), mask, plan, candidates, frame)
-                job = (io.write_frame, out_path, plate, filled, (box[0], box[2]))
-        # The write overlaps the next frame's fill; a frame counts as done once written.
-        for event in frame_io.submit(job, (frame, status, t0, out_path)):
-            done = _report(result, progress, event, done, total)
-    for event in frame_io.drain():
-        done = _report(result, progress, event, done, total)
-    return result
 
 
 def _report(result: Result, progress, event, done: int, total: int) -> int:
