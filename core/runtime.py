@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from .model import KeyframeCache, KeyPropNet, create_model, load_checkpoint, prepare_for_inference
+from .model.context import prefill
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,7 @@ class TorchEngine:
             torch.set_num_threads(int(threads))
         self.model = prepare_for_inference(model, channels_last=self.device == "cpu").to(self.device)
         self.stride = model.cfg.stride
+        self.context_base = model.cfg.context_base   # frames get their hole prefilled first
         provenance = getattr(model, "provenance", None)
         self.model_info = {
             "preset": getattr(model, "preset", "custom"),
@@ -128,9 +130,13 @@ class TorchEngine:
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(self.device)
 
+    def _frame(self, frame: np.ndarray) -> torch.Tensor:
+        """A (4, H, W) frame as the network takes it (hole prefilled for context_base models)."""
+        return self._tensor(prefill(frame) if self.context_base else frame)
+
     def encode_keyframe(self, frame: np.ndarray) -> TorchKeyHandle:
         with torch.inference_mode():
-            return TorchKeyHandle(self.model.encode_keyframes(self._tensor(frame)[None, None]))
+            return TorchKeyHandle(self.model.encode_keyframes(self._frame(frame)[None, None]))
 
     def fill(self, target: np.ndarray, keys: Sequence[TorchKeyHandle], flows: np.ndarray,
              flow_errs: np.ndarray) -> np.ndarray:
@@ -138,7 +144,7 @@ class TorchEngine:
             raise ValueError("fill needs at least one keyframe")
         with torch.inference_mode():
             cache = KeyframeCache.cat([k.cache for k in keys])
-            out = self.model.fill(self._tensor(target)[None], cache, self._tensor(flows)[None],
+            out = self.model.fill(self._frame(target)[None], cache, self._tensor(flows)[None],
                                   self._tensor(flow_errs)[None])
         return out[0].float().cpu().numpy()
 

@@ -103,6 +103,7 @@ class OnnxEngine:
             self.model_info = {"preset": preset, "origin": getattr(provenance, "origin", "unknown"),
                                "hash": self.model_hash, "path": getattr(self._model, "model_path", None)}
             self.stride = cfg.stride
+            self.context_base = cfg.context_base
             from .graphs import cache_names
 
             self.cache_names = cache_names(self._model)
@@ -140,6 +141,7 @@ class OnnxEngine:
                                           fft="matmul" if "matmulfft" in variant else "dft")
         self.cache_names = list(manifest["cache_names"])
         self.stride = int(manifest.get("stride", 8))
+        self.context_base = bool(manifest.get("context_base", False))
         self.model_info = {"preset": manifest.get("preset", "custom"), "origin": "onnx-export",
                            "hash": self.model_hash, "path": str(folder)}
 
@@ -208,12 +210,18 @@ class OnnxEngine:
             raise ValueError(f"{what}: height and width must be multiples of {self.stride}, got {h}x{w}")
         return int(h), int(w)
 
+    def _frame(self, frame: np.ndarray) -> np.ndarray:
+        """A (4, H, W) frame as the network takes it (hole prefilled for context_base models)."""
+        from ..core.model.context import prefill
+
+        return prefill(frame) if self.context_base else np.ascontiguousarray(frame, dtype=np.float32)
+
     def encode_keyframe(self, frame: np.ndarray) -> OnnxKeyHandle:
         from .exporter import ENCODER
 
         size = self._check_frame(frame, "keyframe")
         session = self._session(ENCODER, size)
-        outputs = session.run(None, {"frame": np.ascontiguousarray(frame, dtype=np.float32)[None]})
+        outputs = session.run(None, {"frame": self._frame(frame)[None]})
         return OnnxKeyHandle(size, outputs)
 
     def fill(self, target: np.ndarray, keys: Sequence[OnnxKeyHandle], flows: np.ndarray,
@@ -232,7 +240,7 @@ class OnnxEngine:
             raise ValueError(f"flows must be {(t, 2) + size} and flow_errs {(t, 1) + size} for {t} keyframes, got "
                              f"{flows.shape} and {flow_errs.shape}")
         session = self._session(FILLER, size)
-        feeds = {"target": np.ascontiguousarray(target, dtype=np.float32)[None],
+        feeds = {"target": self._frame(target)[None],
                  "flows": np.ascontiguousarray(flows, dtype=np.float32)[None],
                  "flow_errs": np.ascontiguousarray(flow_errs, dtype=np.float32)[None]}
         feeds.update(zip(self.cache_names, join_caches(self.cache_names, [k.tensors for k in keys])))

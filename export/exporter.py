@@ -190,6 +190,7 @@ def write_manifest(out_dir: Path, model: KeyPropNet, key: str, options: ExportOp
     sizes = sorted({p.stem.rsplit("_", 1)[1] for p in out_dir.glob(f"{FILLER}_*.onnx")})
     manifest = {"format": "keyprop-onnx", "keyprop_version": __version__, "model_hash": key,
                 "preset": str(getattr(model, "preset", "custom")), "variant": options.variant,
-                "opset": OPSET, "stride": model.cfg.stride, "sizes_wxh": sizes, "cache_names": cache_names(model)}
+                "opset": OPSET, "stride": model.cfg.stride, "context_base": model.cfg.context_base,
+                "sizes_wxh": sizes, "cache_names": cache_names(model)}
     with io.open(manifest_path, "w") as f:
         json.dump(manifest, f, indent=1)

@@ -42,6 +42,11 @@ class NetConfig:
     warp_kernel: int = 1          # 1 = the paper's one-point flow warp; k>1 = k x k modulated
                                   # deformable conv with learned offset residuals (ours)
     warp_offset_groups: int = 8   # offset groups of the k x k warp (ignored for k = 1)
+    # --- output ---------------------------------------------------------------------------
+    context_base: bool = False    # ours: inputs arrive with the hole prefilled from its
+                                  # surroundings (Telea) and the output logits are a residual
+                                  # on the target's logit: colour comes from the frame's own
+                                  # context from the first step of training
 
     def __post_init__(self):
         if not 0.0 < self.ratio_global < 1.0 and self.block_type == "ffc":
@@ -50,6 +55,8 @@ class NetConfig:
             raise ValueError(f"block_type must be 'ffc' or 'conv', got {self.block_type!r}")
         if self.out_act not in ("sigmoid", "tanh", "none"):
             raise ValueError(f"out_act must be 'sigmoid', 'tanh' or 'none', got {self.out_act!r}")
+        if self.context_base and self.out_act != "sigmoid":
+            raise ValueError(f"context_base needs out_act 'sigmoid' (a residual in logits), got {self.out_act!r}")
         if self.warp_kernel < 1 or self.warp_kernel % 2 == 0:
             raise ValueError(f"warp_kernel must be an odd number >= 1, got {self.warp_kernel}")
         if self.bottleneck_channels != self.latent_dim:
@@ -138,9 +145,10 @@ class NetConfig:
 
     def to_reference(self) -> Dict[str, Any]:
         """The authors' constructor arguments for this config (inverse of from_reference)."""
-        if self.warp_kernel != 1 or self.latent_dim != 512:
+        if self.warp_kernel != 1 or self.latent_dim != 512 or self.context_base:
             raise ValueError("this config has no equivalent in the authors' generator "
-                             f"(warp_kernel={self.warp_kernel}, latent_dim={self.latent_dim})")
+                             f"(warp_kernel={self.warp_kernel}, latent_dim={self.latent_dim}, "
+                             f"context_base={self.context_base})")
         return dict(
             input_nc=self.input_nc, output_nc=self.output_nc, ngf=self.ngf, n_downsampling=self.n_downsampling,
             max_features=self.max_features, n_blocks=self.n_blocks, block_type=self.block_type,

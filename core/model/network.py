@@ -10,6 +10,12 @@ cache. Tensors follow the authors' conventions:
 - ``flow_errs`` (B, T, 1, H, W): the flow's consistency error, per pixel.
 - output (B, 3, H, W) in [0, 1] (after the sigmoid). H and W are multiples of 8.
 
+With ``context_base`` (ours, off in the paper preset) every input frame arrives with its hole
+already filled from its own surroundings (:func:`keyprop.core.model.context.prefill`, Telea;
+the mask channel still marks the hole), and the decoder's logits are added to the logit of
+the target's RGB: the network learns what to change about that first fill (texture,
+structure, what the keyframes show) instead of the colours of the whole frame.
+
 Keyframe-side work (encoder, the keyframes' own pass through the first ``n_cross``
 blocks, their attention keys/values) depends only on the keyframes: ``encode_keyframes``
 computes it once into a :class:`KeyframeCache`, and ``fill`` runs one target against it.
@@ -53,6 +59,9 @@ class UpNormAct(nn.Module):
 
     def forward(self, x):
         return self.act(self.norm(self.deconv(x)))
+
+
+CONTEXT_EPS = 1e-3      # the context fill is clamped to [eps, 1 - eps] before its logit
 
 
 class Encoder(nn.Module):
@@ -232,6 +241,8 @@ class KeyPropNet(nn.Module):
             if cross and self.cfg.deformable:
                 lif = block.keyframe_warp(lif, cache.lifs[i], flows, flow_errs)
         logits = self.decoder(lif)
+        if self.cfg.context_base:
+            logits = logits + torch.logit(input[:, :3].clamp(CONTEXT_EPS, 1.0 - CONTEXT_EPS))
         out = self.out_act(logits)
         return (out, logits) if return_logits else out
 

@@ -2,7 +2,9 @@
 
 The network sees what inference will give it (core/model/network.py's conventions):
 
-- ``input`` (4, H, W): target RGB times (1 - mask), then the mask (1 = hole).
+- ``input`` (4, H, W): target RGB times (1 - mask), then the mask (1 = hole). For a
+  ``context_base`` model (``prefill=True``) every frame's hole is filled from its
+  surroundings instead (:func:`keyprop.core.model.context.prefill`), as the engines do.
 - ``srcs`` (T, 4, H, W): each reference the same way (its mask is usually all zero).
 - ``flows`` (T, 2, H, W): target -> reference flow from :func:`keyprop.core.flow.flow`
   (OpenCV DIS on the 8-bit frames, completed inside the hole, exactly as the shot pipeline
@@ -21,14 +23,17 @@ import numpy as np
 import torch
 
 from .. import flow as flowlib
+from ..model import context
 from .sources import PictureBank
 from .synth import SynthSettings, make_example
 
 __all__ = ["network_arrays", "collate", "ExampleStream", "example_seed"]
 
 
-def network_arrays(example: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-    """The network's inputs (channels first) and the ground truth for one example."""
+def network_arrays(example: Dict[str, np.ndarray], prefill: bool = False) -> Dict[str, np.ndarray]:
+    """The network's inputs (channels first) and the ground truth for one example
+    (``prefill``: for a context_base model, holes filled as the engines fill them)."""
+    frame = context.prefill if prefill else (lambda a: a)
     target, mask = example["target"], example["mask"]
     t = len(example["refs"])
     srcs, flows, errs = [], [], []
@@ -41,12 +46,13 @@ def network_arrays(example: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         else:
             key_mask = ref_mask if ref_mask.any() else None
             f, e = flowlib.flow(example["plate"], ref_plate, target_mask=mask, key_mask=key_mask)
-        srcs.append(np.concatenate([(ref * (1 - ref_mask[:, :, None])).transpose(2, 0, 1), ref_mask[None]]))
+        srcs.append(frame(np.concatenate([(ref * (1 - ref_mask[:, :, None])).transpose(2, 0, 1),
+                                          ref_mask[None]]).astype(np.float32)))
         flows.append(f.transpose(2, 0, 1))
         errs.append(e[None])
     hole = mask[None]
     return dict(
-        input=np.concatenate([(target * (1 - mask[:, :, None])).transpose(2, 0, 1), hole]).astype(np.float32),
+        input=frame(np.concatenate([(target * (1 - mask[:, :, None])).transpose(2, 0, 1), hole]).astype(np.float32)),
         srcs=np.stack(srcs).astype(np.float32),
         flows=np.stack(flows).astype(np.float32),
         flow_errs=np.stack(errs).astype(np.float32),
@@ -75,10 +81,11 @@ class ExampleStream:
     batch: int
     seed: int = 0
     settings: SynthSettings = SynthSettings()
+    prefill: bool = False          # the model is context_base: holes arrive prefilled
 
     def example(self, index: int) -> Dict[str, np.ndarray]:
         return network_arrays(make_example(self.bank, example_seed(self.seed, index), self.size, self.n_refs,
-                                           self.settings))
+                                           self.settings), self.prefill)
 
     def batch_at(self, step: int) -> Dict[str, torch.Tensor]:
         return collate([self.example(step * self.batch + i) for i in range(self.batch)])

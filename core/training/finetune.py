@@ -146,7 +146,8 @@ def finetune_model(model, shot: ShotData, minutes: float, size: int = 192, lr: f
     """Adapt ``model`` in place; returns {'steps', 'wall_s', 'psnr_before', 'psnr_after'}."""
     progress = progress or (lambda e: None)
     rng_val = np.random.default_rng([seed, 1])
-    val = [collate([network_arrays(make_shot_example(shot, rng_val, size, n_refs))]) for _ in range(val_count)]
+    prefill = model.cfg.context_base
+    val = [collate([network_arrays(make_shot_example(shot, rng_val, size, n_refs), prefill)]) for _ in range(val_count)]
     model.to(device)
     before = evaluate(model, val, device)["psnr"]
     progress({"message": f"held-out keyframe regions before: in-mask PSNR {before:.2f} dB"})
@@ -157,7 +158,7 @@ def finetune_model(model, shot: ShotData, minutes: float, size: int = 192, lr: f
     model.train()
     _freeze_batchnorm(model)
     while time.time() - start < minutes * 60 and (max_steps is None or steps < max_steps):
-        b = collate([network_arrays(make_shot_example(shot, rng, size, n_refs)) for _ in range(batch)])
+        b = collate([network_arrays(make_shot_example(shot, rng, size, n_refs), prefill) for _ in range(batch)])
         b = {k: v.to(device) for k, v in b.items()}
         pred = model(b["input"], b["srcs"], b["flows"], b["flow_errs"])
         terms = generator_losses(pred, b["target"], b["mask"], weights)

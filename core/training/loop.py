@@ -64,6 +64,8 @@ class ModelSection:
     preset: str = "small"                  # a registered preset...
     config: Optional[Dict[str, Any]] = None  # ...or NetConfig fields (a custom architecture)
     init: Optional[str] = None             # start from these weights (keyprop .pt)
+    context_base: Optional[bool] = None    # switch NetConfig.context_base (on: the output layer
+                                           # restarts at zero, i.e. at the prefilled frame)
 
 
 @dataclass
@@ -185,7 +187,24 @@ def build_model(section: ModelSection) -> KeyPropNet:
         except ValueError as exc:
             raise ConfigError(f"model.preset: {exc}") from None
         model.preset = section.preset
+    if section.context_base is not None and section.context_base != model.cfg.context_base:
+        model = _with_context_base(model, section.context_base)
     return model
+
+
+def _with_context_base(model: KeyPropNet, on: bool) -> KeyPropNet:
+    """``model`` with NetConfig.context_base switched (same weights). Switching it on zeroes
+    the last conv: the new output is a residual on the prefilled target, and starting it at
+    zero starts the model at the prefill rather than at the old colours added to it."""
+    new = KeyPropNet(dataclasses.replace(model.cfg, context_base=on))
+    new.load_state_dict(model.state_dict())
+    if on:
+        torch.nn.init.zeros_(new.decoder.to_rgb.weight)
+        torch.nn.init.zeros_(new.decoder.to_rgb.bias)
+    new.preset = getattr(model, "preset", "custom")
+    if hasattr(model, "provenance"):
+        new.provenance = model.provenance
+    return new
 
 
 def build_bank(section: DataSection) -> PictureBank:
@@ -282,7 +301,10 @@ class Trainer:
         self.model.check_size(cfg.data.size, cfg.data.size, "data.size")
         if stream is None:
             stream = ExampleStream(build_bank(cfg.data), cfg.data.size, cfg.data.refs, cfg.data.batch, t.seed,
-                                   synth_settings(cfg.data))
+                                   synth_settings(cfg.data), prefill=self.model.cfg.context_base)
+        if stream.prefill != self.model.cfg.context_base:
+            raise ValueError(f"the example stream's prefill ({stream.prefill}) does not match the model's "
+                             f"context_base ({self.model.cfg.context_base})")
         self.stream = stream
         self.data_note = data_note or self._describe_data()
         self.model.to(self.device).train()

@@ -1,0 +1,39 @@
+"""The first fill of ``context_base`` models: each input frame's hole filled from its surroundings.
+
+The authors' network sees its frames with the hole zeroed and must produce every colour of
+the fill itself. A ``context_base`` model (``NetConfig.context_base``) instead receives the
+hole already filled by Telea's fast-marching inpainting from the frame's own known pixels,
+and outputs a residual on it (see core/model/network.py): colour, shading and the edges that
+run into the hole start right, and training teaches what to change. Both engines (torch,
+ONNX) and the training data apply :func:`prefill` to every frame of such a model, so the
+network sees the same thing in training and in use.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+TELEA_RADIUS = 3   # pixels around each hole pixel that Telea's estimate draws on
+
+
+def prefill(frame: np.ndarray) -> np.ndarray:
+    """``frame`` (4, H, W): RGB in [0, 1] with the hole zeroed, then the mask (1 = hole).
+
+    Returns a new float32 array, the hole's RGB filled from the known pixels (float Telea per
+    channel; known pixels and the mask channel unchanged). A frame that is all hole gets mid
+    grey; one without a hole comes back as a copy.
+    """
+    out = np.array(frame, dtype=np.float32, copy=True)
+    hole = out[3] > 0.5
+    if not hole.any():
+        return out
+    if hole.all():
+        out[:3] = 0.5
+        return out
+    marks = hole.astype(np.uint8)
+    for c in range(3):
+        # OpenCV's float Telea expects 8-bit-like magnitudes: on [0, 1] values it returns
+        # garbage (0.18 inside a hole in a flat 0.8 field), on [0, 255] the right fill.
+        filled = cv2.inpaint(out[c] * np.float32(255.0), marks, TELEA_RADIUS, cv2.INPAINT_TELEA)
+        out[c] = np.where(hole, np.clip(filled / np.float32(255.0), 0.0, 1.0), out[c])
+    return out
