@@ -39,6 +39,8 @@ unreliable as the hole itself).
 from __future__ import annotations
 
 import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
@@ -72,6 +74,33 @@ _PREALIGN_ABOVE_PX = 0.5
 # known in-frame pixels within _EXPLAINED_PX (working pixels) of where it sends them.
 _EXPLAINED_PX = 0.5
 _EXPLAINED_SHARE = 0.02
+
+_helper = None
+_helper_lock = threading.Lock()
+
+
+def _both(first, second):
+    """``(first(), second())``, the second on a helper thread.
+
+    The two directions of a flow (DIS, completion) are independent and their work is OpenCV
+    and numpy calls that release the GIL, so they run on two cores at once. That matters
+    for small working sizes (a wire's ROI), where one DIS call cannot keep two cores busy;
+    at large sizes OpenCV already spreads each call over the cores and little changes.
+    Results are the same as calling the two in turn.
+    """
+    global _helper
+    if threading.current_thread().name.startswith("keyprop-flow"):
+        return first(), second()        # already on the helper: never wait on it from itself
+    if _helper is None:
+        with _helper_lock:
+            if _helper is None:
+                _helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keyprop-flow")
+    pending = _helper.submit(second)
+    try:
+        a = first()
+    finally:
+        b = pending.result()
+    return a, b
 
 
 # ----------------------------------------------------------------------------- warp
@@ -318,13 +347,13 @@ def _prealigned_dis(t_luma, k_luma, hmat):
     gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
     hx, hy = _apply(hmat, h, w)                                   # target grid -> key position
     aligned = cv2.remap(k_luma, hx, hy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    residual = _dis(t_luma, aligned)                                  # t(p) ~ aligned(p + r(p))
+    # t(p) ~ aligned(p + r(p)); aligned(p) ~ t(p + rb(p))
+    residual, back_res = _both(lambda: _dis(t_luma, aligned), lambda: _dis(aligned, t_luma))
     # Forward: p -> H(p + r(p)).
     px, py = gx + residual[:, :, 0], gy + residual[:, :, 1]
     fx, fy = _apply_points(hmat, px, py)
     forward = np.stack([fx - gx, fy - gy], axis=2).astype(np.float32)
-    # Backward: key pixel q sits at p = H^-1 q in the aligned grid; aligned(p) ~ t(p + rb(p)).
-    back_res = _dis(aligned, t_luma)
+    # Backward: key pixel q sits at p = H^-1 q in the aligned grid.
     inv = np.linalg.inv(hmat)
     ix, iy = _apply(inv, h, w)
     rb = cv2.remap(back_res, ix, iy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
@@ -342,14 +371,19 @@ def _completed(forward_w, backward_w, t_hole, k_hole, h, w):
     """Raw working-size flows both ways -> completed full-size forward, backward, error."""
     # Target pixels whose match lies in the key's hole matched inpainted key content: as
     # untrustworthy as the target's own hole.
-    lands_in_key_hole = warp(k_hole.astype(np.float32), forward_w, cv2.BORDER_CONSTANT) > 0 if k_hole.any() else False
-    forward_w = complete_flow(forward_w, ~(t_hole | lands_in_key_hole))
+    def forward_done():
+        lands_in_key_hole = warp(k_hole.astype(np.float32), forward_w, cv2.BORDER_CONSTANT) > 0 \
+            if k_hole.any() else False
+        return _to_full(complete_flow(forward_w, ~(t_hole | lands_in_key_hole)), h, w)
+
     # Key pixels whose match lies in the target's hole are as untrustworthy as the
     # hole itself: complete the backward flow there too, or the consistency error
     # would flag the whole neighbourhood of every mask.
-    lands_in_hole = warp(t_hole.astype(np.float32), backward_w, cv2.BORDER_CONSTANT) > 0
-    backward_w = complete_flow(backward_w, ~(k_hole | lands_in_hole))
-    forward, backward = _to_full(forward_w, h, w), _to_full(backward_w, h, w)
+    def backward_done():
+        lands_in_hole = warp(t_hole.astype(np.float32), backward_w, cv2.BORDER_CONSTANT) > 0
+        return _to_full(complete_flow(backward_w, ~(k_hole | lands_in_hole)), h, w)
+
+    forward, backward = _both(forward_done, backward_done)
     return forward, backward, consistency_error(forward, backward)
 
 
@@ -397,13 +431,14 @@ class FlowFrame:
 def _dis_pair(target: FlowFrame, key: FlowFrame, cache):
     """Raw DIS flows target->key and key->target; shared through ``cache`` (a dict-like
     keyed by tag pairs) so the reverse pair of frames reuses them."""
+    both = lambda: _both(lambda: _dis(target.luma, key.luma), lambda: _dis(key.luma, target.luma))  # noqa: E731
     if cache is None or target.tag is None or key.tag is None:
-        return _dis(target.luma, key.luma), _dis(key.luma, target.luma)
+        return both()
     if (key.tag, target.tag) in cache:
         backward, forward = cache[(key.tag, target.tag)]
         return forward, backward
     if (target.tag, key.tag) not in cache:
-        cache[(target.tag, key.tag)] = (_dis(target.luma, key.luma), _dis(key.luma, target.luma))
+        cache[(target.tag, key.tag)] = both()
     return cache[(target.tag, key.tag)]
 
 

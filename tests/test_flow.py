@@ -195,3 +195,30 @@ def test_prealign_is_skipped_when_the_plain_flow_follows_the_camera(monkeypatch)
     assert F.OUT_OF_FRAME_ERROR in e  # the inconsistency that used to trigger pre-alignment
     assert calls == []
     np.testing.assert_allclose(f[:, 20:-20, 0], -10, atol=0.5)
+
+
+def test_two_directions_on_two_threads_give_the_serial_result(monkeypatch):
+    """The two directions of each flow (DIS, completion; pre-aligned too) run on a helper
+    thread beside the caller: the result is exactly the one computed in turn, also when
+    several threads ask for flows at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(6)
+    big = cv2.GaussianBlur(rng.random((480, 640, 3)).astype(np.float32), (0, 0), 1.5)
+    big = (big - big.min()) / (big.max() - big.min())
+    h, w = 200, 260
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), 8.0, 1.2)
+    m[:, 2] += np.float32([320 - w / 2, 240 - h / 2])
+    target = np.ascontiguousarray(big[140:140 + h, 190:190 + w])
+    key = cv2.warpAffine(big, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+    mask = np.zeros((h, w), np.float32)
+    mask[70:130, 100:160] = 1
+    args = (target, key)
+    kwargs = dict(target_mask=mask, key_mask=np.roll(mask, 40, axis=1), prealign=True)
+    threaded = F.flow(*args, **kwargs)
+    with ThreadPoolExecutor(3) as pool:
+        several = list(pool.map(lambda _: F.flow(*args, **kwargs), range(3)))
+    monkeypatch.setattr(F, "_both", lambda first, second: (first(), second()))
+    serial = F.flow(*args, **kwargs)
+    for got in [threaded] + several:
+        assert np.array_equal(got[0], serial[0]) and np.array_equal(got[1], serial[1])
