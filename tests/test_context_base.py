@@ -162,3 +162,21 @@ def test_train_switches_context_base_on_from_an_init(tmp_path):
     first = next(e for e in events if e["event"] == "validate")
     assert first["step"] == 0 and first["psnr"] > 15
     assert ExampleStream.__dataclass_fields__["prefill"].default is False
+
+
+def test_pipeline_fills_a_never_revealed_hole_from_its_context(tmp_path):
+    """A single frame, no keyframe: the pipeline hands the network the holed frame and the
+    engine prefills it; with a zero residual the fill is the context's colour ramp, and
+    nothing outside the mask changes."""
+    from keyprop.core.api import Settings, fill_frames
+
+    model = context_model(seed=3)
+    torch.nn.init.zeros_(model.decoder.to_rgb.weight)
+    torch.nn.init.zeros_(model.decoder.to_rgb.bias)
+    engine = TorchEngine(model, device="cpu")
+    rgb, hole = smooth_picture(128, 160), box_hole(128, 160)
+    plate = np.where(hole[:, :, None] > 0, np.float32(0.05), rgb)     # a dark occluder
+    out = fill_frames([plate], [hole], [], engine, Settings(work_res=160))[0]
+    assert np.array_equal(out[hole == 0], plate[hole == 0])
+    err = np.abs(out - rgb)[hole > 0]
+    assert err.mean() < 0.04, err.mean()          # the occluder's 0.05 would be ~0.4 off
