@@ -367,24 +367,34 @@ def _apply_points(hmat, x, y):
     return pts[:, 0, 0].reshape(x.shape).astype(np.float32), pts[:, 0, 1].reshape(x.shape).astype(np.float32)
 
 
-def _completed(forward_w, backward_w, t_hole, k_hole, h, w):
-    """Raw working-size flows both ways -> completed full-size forward, backward, error."""
+def _completed_w(forward_w, backward_w, t_hole, k_hole):
+    """Raw working-size flows both ways -> both completed, still at working size."""
     # Target pixels whose match lies in the key's hole matched inpainted key content: as
     # untrustworthy as the target's own hole.
     def forward_done():
         lands_in_key_hole = warp(k_hole.astype(np.float32), forward_w, cv2.BORDER_CONSTANT) > 0 \
             if k_hole.any() else False
-        return _to_full(complete_flow(forward_w, ~(t_hole | lands_in_key_hole)), h, w)
+        return complete_flow(forward_w, ~(t_hole | lands_in_key_hole))
 
     # Key pixels whose match lies in the target's hole are as untrustworthy as the
     # hole itself: complete the backward flow there too, or the consistency error
     # would flag the whole neighbourhood of every mask.
     def backward_done():
         lands_in_hole = warp(t_hole.astype(np.float32), backward_w, cv2.BORDER_CONSTANT) > 0
-        return _to_full(complete_flow(backward_w, ~(k_hole | lands_in_hole)), h, w)
+        return complete_flow(backward_w, ~(k_hole | lands_in_hole))
 
-    forward, backward = _both(forward_done, backward_done)
+    return _both(forward_done, backward_done)
+
+
+def _full_pair(forward_w, backward_w, h, w):
+    """Completed working-size flows -> full-size forward, backward and their error."""
+    forward, backward = _to_full(forward_w, h, w), _to_full(backward_w, h, w)
     return forward, backward, consistency_error(forward, backward)
+
+
+def _completed(forward_w, backward_w, t_hole, k_hole, h, w):
+    """Raw working-size flows both ways -> completed full-size forward, backward, error."""
+    return _full_pair(*_completed_w(forward_w, backward_w, t_hole, k_hole), h, w)
 
 
 class FlowFrame:
@@ -428,17 +438,24 @@ class FlowFrame:
         return self._features
 
 
-def _dis_pair(target: FlowFrame, key: FlowFrame, cache):
-    """Raw DIS flows target->key and key->target; shared through ``cache`` (a dict-like
-    keyed by tag pairs) so the reverse pair of frames reuses them."""
-    both = lambda: _both(lambda: _dis(target.luma, key.luma), lambda: _dis(key.luma, target.luma))  # noqa: E731
+def _plain_pair(target: FlowFrame, key: FlowFrame, cache):
+    """DIS target->key and key->target, each completed in the holes, at working size.
+
+    Shared through ``cache`` (a dict-like keyed by tag pairs): the reverse pair of frames
+    reuses them swapped. The completions depend only on the two frames' holes, and each
+    direction's valid region is the same whichever frame is the target, so the swap is
+    exactly what computing the reverse pair would give."""
+    def compute():
+        raw = _both(lambda: _dis(target.luma, key.luma), lambda: _dis(key.luma, target.luma))
+        return _completed_w(*raw, target.hole, key.hole)
+
     if cache is None or target.tag is None or key.tag is None:
-        return both()
+        return compute()
     if (key.tag, target.tag) in cache:
         backward, forward = cache[(key.tag, target.tag)]
         return forward, backward
     if (target.tag, key.tag) not in cache:
-        cache[(target.tag, key.tag)] = both()
+        cache[(target.tag, key.tag)] = compute()
     return cache[(target.tag, key.tag)]
 
 
@@ -476,12 +493,12 @@ def flow(target: np.ndarray, key: np.ndarray,
 def flow_between(target: FlowFrame, key: FlowFrame, prealign: bool = False,
                  dis_cache=None) -> tuple[np.ndarray, np.ndarray]:
     """:func:`flow` on prepared frames (same size and working size); ``dis_cache``: see
-    :func:`_dis_pair`."""
+    :func:`_plain_pair`."""
     if key.size != target.size or key.luma.shape != target.luma.shape:
         raise ValueError(f"key is {key.size[1]}x{key.size[0]}, target is {target.size[1]}x{target.size[0]}")
     h, w = target.size
     t_luma, k_luma, t_hole, k_hole = target.luma, key.luma, target.hole, key.hole
-    forward, backward, error = _completed(*_dis_pair(target, key, dis_cache), t_hole, k_hole, h, w)
+    forward, backward, error = _full_pair(*_plain_pair(target, key, dis_cache), h, w)
     if prealign:
         known = target.known
         plain = float(np.mean(np.minimum(error[known], 20))) if known.any() else 0.0
