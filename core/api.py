@@ -11,7 +11,7 @@ Per target frame (streamed: read, fill, write, one at a time)::
     -> scene-linear if the plate is -> composited inside the mask only
 
 Each frame is prepared for flow once (``flow.FlowFrame``) however many flows it takes part
-in, and the raw DIS flows between two plate frames serve the reverse pair too.
+in, and the completed DIS flows between two plate frames serve the reverse pair too.
 
 Pixels where the (dilated, feathered) mask is 0 are the plate's, bit for bit; alpha and
 other channels pass through. Outputs are written to a temporary name and renamed.
@@ -269,7 +269,8 @@ class ShotFiller:
         self._key_handles: Dict[int, object] = {}             # keyframe -> engine handle (when the network runs)
         self._plate = _LRU(2 * len(SOURCE_OFFSETS) + 2)      # frame -> (work RGB with hole zeroed, hole, FlowFrame)
         self._encoded = _LRU(max(4, settings.max_sources + 2))  # frame -> engine handle
-        # Raw DIS flows between two plate frames: frame t's flow to t+1 serves t+1's flow to t.
+        # DIS flows both ways between two plate frames, completed in the holes: frame t's
+        # pair with t+1 serves t+1's with t.
         self._dis = _LRU(2 * settings.max_sources)
 
     def _crop(self, image: np.ndarray) -> np.ndarray:
