@@ -180,3 +180,15 @@ def test_pipeline_fills_a_never_revealed_hole_from_its_context(tmp_path):
     assert np.array_equal(out[hole == 0], plate[hole == 0])
     err = np.abs(out - rgb)[hole > 0]
     assert err.mean() < 0.04, err.mean()          # the occluder's 0.05 would be ~0.4 off
+
+
+def test_shipped_model_and_config_are_context_base():
+    from pathlib import Path
+
+    from keyprop.core.model import load_checkpoint
+    from keyprop.core.training.loop import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    assert load_checkpoint(root / "models" / "default.pt").cfg.context_base
+    cfg = load_config(root / "core" / "training" / "configs" / "context_base.yaml")
+    assert cfg.model.context_base is True and cfg.data.synth["self_source_prob"] > 0.5
