@@ -418,15 +418,16 @@ class ShotFiller:
     def _network_fill(self, target, hole, sources) -> np.ndarray:
         """The network's fill (h, w, 3) at working size from the given sources (or the frame
         itself, holed, when there are none: single-image inpainting)."""
+        net_input = self._net_input(target, hole)
         if sources:
             handles = [make() for make, *_ in sources]
             flows = [f for _, f, *_ in sources]
             errs = [e for _, _, e, *_ in sources]
-        else:
-            handles = [self.engine.encode_keyframe(self._net_input(target, hole))]
+        else:   # the same array: an engine that prefills holes does it once
+            handles = [self.engine.encode_keyframe(net_input)]
             flows = [np.zeros(hole.shape + (2,), np.float32)]
             errs = [np.zeros(hole.shape, np.float32)]
-        fill = self.engine.fill(self._net_input(target, hole), handles,
+        fill = self.engine.fill(net_input, handles,
                                 np.stack([f.transpose(2, 0, 1) for f in flows]),
                                 np.stack([e[None] for e in errs]))  # (3, h, w)
         return np.ascontiguousarray(fill.transpose(1, 2, 0))

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .model import KeyframeCache, KeyPropNet, create_model, load_checkpoint, prepare_for_inference
-from .model.context import prefill
+from .model.context import NetworkFrames
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,7 @@ class TorchEngine:
         self.model = prepare_for_inference(model, channels_last=self.device == "cpu").to(self.device)
         self.stride = model.cfg.stride
         self.context_base = model.cfg.context_base   # frames get their hole prefilled first
+        self._network_frame = NetworkFrames(self.context_base)
         provenance = getattr(model, "provenance", None)
         self.model_info = {
             "preset": getattr(model, "preset", "custom"),
@@ -132,7 +133,7 @@ class TorchEngine:
 
     def _frame(self, frame: np.ndarray) -> torch.Tensor:
         """A (4, H, W) frame as the network takes it (hole prefilled for context_base models)."""
-        return self._tensor(prefill(frame) if self.context_base else frame)
+        return self._tensor(self._network_frame(frame))
 
     def encode_keyframe(self, frame: np.ndarray) -> TorchKeyHandle:
         with torch.inference_mode():

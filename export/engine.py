@@ -108,6 +108,9 @@ class OnnxEngine:
 
             self.cache_names = cache_names(self._model)
         self.model_info["onnx"] = str(self.folder)
+        from ..core.model.context import NetworkFrames
+
+        self._network_frame = NetworkFrames(self.context_base)
 
     # --- model sources ----------------------------------------------------------------------
     @staticmethod
@@ -212,9 +215,7 @@ class OnnxEngine:
 
     def _frame(self, frame: np.ndarray) -> np.ndarray:
         """A (4, H, W) frame as the network takes it (hole prefilled for context_base models)."""
-        from ..core.model.context import prefill
-
-        return prefill(frame) if self.context_base else np.ascontiguousarray(frame, dtype=np.float32)
+        return self._network_frame(frame)
 
     def encode_keyframe(self, frame: np.ndarray) -> OnnxKeyHandle:
         from .exporter import ENCODER

@@ -192,3 +192,22 @@ def test_shipped_model_and_config_are_context_base():
     assert load_checkpoint(root / "models" / "default.pt").cfg.context_base
     cfg = load_config(root / "core" / "training" / "configs" / "context_base.yaml")
     assert cfg.model.context_base is True and cfg.data.synth["self_source_prob"] > 0.5
+
+
+def test_single_image_frame_is_prefilled_once(monkeypatch):
+    """The single-image path encodes the frame as its own source and fills it: one prefill."""
+    from keyprop.core.api import Settings, fill_frames
+    from keyprop.core.model import context
+
+    calls = []
+    real = context.prefill
+    monkeypatch.setattr(context, "prefill", lambda f: calls.append(f.shape) or real(f))
+    engine = TorchEngine(context_model(seed=4), device="cpu")
+    rgb, hole = smooth_picture(128, 160), box_hole(128, 160)
+    fill_frames([rgb], [hole], [], engine, Settings(work_res=160))
+    assert len(calls) == 1
+    # a plain model's frames pass through as float32, never prefilled
+    plain = context.NetworkFrames(False)
+    frame = holed(rgb, hole).astype(np.float64)
+    out = plain(frame)
+    assert out.dtype == np.float32 and np.array_equal(out, frame) and len(calls) == 1

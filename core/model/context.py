@@ -5,8 +5,8 @@ the fill itself. A ``context_base`` model (``NetConfig.context_base``) instead r
 hole already filled by Telea's fast-marching inpainting from the frame's own known pixels,
 and outputs a residual on it (see core/model/network.py): colour, shading and the edges that
 run into the hole start right, and training teaches what to change. Both engines (torch,
-ONNX) and the training data apply :func:`prefill` to every frame of such a model, so the
-network sees the same thing in training and in use.
+ONNX) and the training data apply :func:`prefill` to every frame of such a model (through
+:class:`NetworkFrames`), so the network sees the same thing in training and in use.
 """
 from __future__ import annotations
 
@@ -37,3 +37,26 @@ def prefill(frame: np.ndarray) -> np.ndarray:
         filled = cv2.inpaint(out[c] * np.float32(255.0), marks, TELEA_RADIUS, cv2.INPAINT_TELEA)
         out[c] = np.where(hole, np.clip(filled / np.float32(255.0), 0.0, 1.0), out[c])
     return out
+
+
+class NetworkFrames:
+    """Engine input frames (4, H, W) -> what the network takes: float32, and for a
+    ``context_base`` model with the hole prefilled.
+
+    The last frame is remembered by identity: the single-image path hands the same array to
+    ``encode_keyframe`` and then to ``fill``, and is prefilled once. (Callers do not change a
+    frame after handing it over.)
+    """
+
+    def __init__(self, context_base: bool):
+        self.context_base = bool(context_base)
+        self._last = None          # (input array, its network frame)
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray:
+        if not self.context_base:
+            return np.ascontiguousarray(frame, dtype=np.float32)
+        if self._last is not None and self._last[0] is frame:
+            return self._last[1]
+        out = prefill(frame)
+        self._last = (frame, out)
+        return out

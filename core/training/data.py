@@ -33,7 +33,7 @@ __all__ = ["network_arrays", "collate", "ExampleStream", "example_seed"]
 def network_arrays(example: Dict[str, np.ndarray], prefill: bool = False) -> Dict[str, np.ndarray]:
     """The network's inputs (channels first) and the ground truth for one example
     (``prefill``: for a context_base model, holes filled as the engines fill them)."""
-    frame = context.prefill if prefill else (lambda a: a)
+    frame = context.prefill if prefill else (lambda a: a)   # a new frame each: no memo needed
     target, mask = example["target"], example["mask"]
     t = len(example["refs"])
     srcs, flows, errs = [], [], []
