@@ -119,16 +119,13 @@ def warp(image: np.ndarray, flow: np.ndarray,
         ``image``'s layout with ``flow``'s height and width, float32.
     """
     flow = np.asarray(flow, dtype=np.float32)
-    h, w = flow.shape[:2]
-    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    map_x = gx + flow[:, :, 0]
-    map_y = gy + flow[:, :, 1]
+    at = _grid(*flow.shape[:2]) + flow
     image = np.asarray(image, dtype=np.float32)
     if image.ndim == 3 and image.shape[2] > 4:
         # cv2.remap handles at most 4 channels.
         return np.stack([warp(image[:, :, c], flow, border) for c in range(image.shape[2])],
                         axis=2)
-    out = cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=border)
+    out = cv2.remap(image, at, None, cv2.INTER_LINEAR, borderMode=border)
     if image.ndim == 3 and out.ndim == 2:
         out = out[:, :, None]
     return out
@@ -171,10 +168,10 @@ def _affine_base(flow: np.ndarray, valid: np.ndarray) -> np.ndarray | None:
     boundary flow is not (it flattens a zoom inside a large hole). Fitted robustly (RANSAC)
     on valid pixels within _RING_PX of the holes; None when too few of them or no fit.
     """
-    holes = (~valid).astype(np.uint8)
-    k = 2 * _RING_PX + 1
-    near = cv2.dilate(holes, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))).astype(bool) & valid
-    ys, xs = np.nonzero(near)
+    # The ring by a distance transform (linear time): a dilation by a disc of _RING_PX costs
+    # per pixel as much as the disc is tall (at 1920x1080, 50 ms against 7).
+    dist = cv2.distanceTransform(valid.astype(np.uint8), cv2.DIST_L2, 5)
+    ys, xs = np.nonzero(valid & (dist <= _RING_PX + 0.5))
     if ys.size < 50:
         return None
     step = max(1, ys.size // 4000)
@@ -184,15 +181,31 @@ def _affine_base(flow: np.ndarray, valid: np.ndarray) -> np.ndarray | None:
     model, inliers = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=1.0)
     if model is None or inliers is None or inliers.sum() < 0.3 * len(src):
         return None
-    h, w = valid.shape
-    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    mx = model[0, 0] * gx + model[0, 1] * gy + model[0, 2] - gx
-    my = model[1, 0] * gx + model[1, 1] * gy + model[1, 2] - gy
-    return np.stack([mx, my], axis=2).astype(np.float32)
+    # The motion minus the identity, applied to every pixel's (x, y).
+    return cv2.transform(_grid(*valid.shape), (model - np.eye(2, 3)).astype(np.float32))
+
+
+def _grid(h: int, w: int) -> np.ndarray:
+    """Every pixel's (x, y), float32 (h, w, 2); read-only, kept for the last few sizes."""
+    with _grids_lock:
+        grid = _grids.get((h, w))
+        if grid is None:
+            gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+            grid = np.stack([gx, gy], axis=2)
+            grid.flags.writeable = False
+            if len(_grids) >= 4:
+                _grids.pop(next(iter(_grids)))
+            _grids[(h, w)] = grid
+        return grid
+
+
+_grids: dict = {}
+_grids_lock = threading.Lock()
 
 
 def _push_pull(weighted: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """Normalized-convolution pyramid. ``weighted`` = values * weight, ``(H, W, C)``."""
+    """Normalized-convolution pyramid. ``weighted`` = values * weight, ``(H, W, C)``; ``weight``
+    in [0, 1] (a 0/1 validity, which pyrDown keeps in [0, 1])."""
     h, w = weight.shape
     if min(h, w) <= 2 or weight.min() > 0:
         return weighted / np.maximum(weight, 1e-12)[:, :, None]
@@ -200,15 +213,13 @@ def _push_pull(weighted: np.ndarray, weight: np.ndarray) -> np.ndarray:
     coarse_weight = cv2.pyrDown(weight)
     if coarse_weighted.ndim == 2:
         coarse_weighted = coarse_weighted[:, :, None]
-    coarse = _push_pull(coarse_weighted, coarse_weight)
-    up = cv2.pyrUp(coarse, dstsize=(w, h))
+    up = cv2.pyrUp(_push_pull(coarse_weighted, coarse_weight), dstsize=(w, h))
     if up.ndim == 2:
         up = up[:, :, None]
-    # Where this level has full support use its own average; where it has partial
-    # support blend with the coarser estimate in proportion to the support.
-    alpha = np.clip(weight, 0.0, 1.0)[:, :, None]
-    own = weighted / np.maximum(weight, 1e-12)[:, :, None]
-    return alpha * own + (1.0 - alpha) * up
+    # Where this level has full support use its own average; where it has partial support
+    # blend with the coarser estimate in proportion to the support:
+    #   weight * (weighted / weight) + (1 - weight) * up = weighted + (1 - weight) * up.
+    return weighted + (1.0 - np.minimum(weight, 1.0))[:, :, None] * up
 
 
 # ---------------------------------------------------------------------------- flow
@@ -281,10 +292,9 @@ def consistency_error(forward: np.ndarray, backward: np.ndarray) -> np.ndarray:
     """
     h, w = forward.shape[:2]
     back_at = warp(backward, forward, border=cv2.BORDER_REPLICATE)
-    err = np.linalg.norm(forward + back_at, axis=2).astype(np.float32)
-    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    x = gx + forward[:, :, 0]
-    y = gy + forward[:, :, 1]
+    both = forward + back_at
+    err = np.sqrt(np.einsum("ijk,ijk->ij", both, both))
+    x, y = cv2.split(_grid(h, w) + forward)
     outside = (x < -0.5) | (x > w - 0.5) | (y < -0.5) | (y > h - 0.5)
     err[outside] = OUT_OF_FRAME_ERROR
     return err

@@ -222,3 +222,37 @@ def test_two_directions_on_two_threads_give_the_serial_result(monkeypatch):
     serial = F.flow(*args, **kwargs)
     for got in [threaded] + several:
         assert np.array_equal(got[0], serial[0]) and np.array_equal(got[1], serial[1])
+
+
+def test_push_pull_is_the_normalized_convolution_pyramid():
+    """The fast blend (weighted + (1 - weight) * coarser) is the textbook one: each level's own
+    average where it has support, blended with the coarser estimate by the support."""
+    def textbook(weighted, weight):
+        h, w = weight.shape
+        if min(h, w) <= 2 or weight.min() > 0:
+            return weighted / np.maximum(weight, 1e-12)[:, :, None]
+        coarse = textbook(cv2.pyrDown(weighted).reshape((h + 1) // 2, (w + 1) // 2, -1), cv2.pyrDown(weight))
+        up = cv2.pyrUp(coarse, dstsize=(w, h)).reshape(h, w, -1)
+        alpha = np.clip(weight, 0.0, 1.0)[:, :, None]
+        return alpha * (weighted / np.maximum(weight, 1e-12)[:, :, None]) + (1 - alpha) * up
+
+    rng = np.random.default_rng(3)
+    for channels in (1, 2):
+        valid = rng.random((97, 61)) > 0.7
+        valid[20:70, 10:40] = False
+        weight = valid.astype(np.float32)
+        values = rng.normal(size=(97, 61, channels)).astype(np.float32) * weight[:, :, None]
+        got, want = F._push_pull(values, weight), textbook(values, weight)
+        assert got.shape == want.shape == (97, 61, channels)
+        np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_affine_base_reproduces_an_affine_motion_from_the_ring():
+    """The motion fitted on the ring around the holes (by a distance transform) is the motion."""
+    valid = np.ones((120, 200), bool)
+    valid[40:80, 90:104] = False
+    gx, gy = np.meshgrid(np.arange(200, dtype=np.float32), np.arange(120, dtype=np.float32))
+    # A zoom about (100, 60) plus a shift: affine, so the fit reproduces it everywhere.
+    flow = np.dstack([0.03 * (gx - 100) + 2.0, 0.03 * (gy - 60) - 1.0]).astype(np.float32)
+    base = F._affine_base(np.where(valid[:, :, None], flow, 0.0).astype(np.float32), valid)
+    np.testing.assert_allclose(base, flow, atol=1e-3)
