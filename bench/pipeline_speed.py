@@ -1,12 +1,17 @@
 #!/usr/bin/env python3
 """Shot pipeline benchmarks: frames per second, the ROI saving, and memory vs shot length.
 
-    python bench/pipeline_speed.py                     # all three, small preset (random weights)
+    python bench/pipeline_speed.py                     # all three, the shipped model
     python bench/pipeline_speed.py --only fps --model path/to/model.pt
 
 fps      1080p and 4K plates with a small (<= 5 % of the area) and a large (30 %) mask.
 roi      small-mask time vs the same plate processed as a full frame at plate resolution
          (what a tool without an ROI does); goal: ratio <= 0.15.
+Each of fps and roi is measured two ways. "warps": as the shots come (keyframes that show
+every hole pixel once warped), where the network is not run at all and the time is flows,
+blending and file I/O. "network": the same shots with warp_blend off, so the network fills
+every hole pixel, as it does wherever no source shows the hole (a static occluder, parallax,
+no keyframes): the inference the ROI exists to shrink.
 memory   peak resident memory of a 200-frame vs a 20-frame 1080p shot (separate processes);
          goal: ratio <= 1.2 (frames are streamed).
 Shots are synthetic (textured, panning); plate frames beyond the first few are symlinks,
@@ -63,6 +68,7 @@ EXTRA = {}   # settings every run gets (--no-plate-sources)
 
 def run(paths: dict, model: str, threads: int, frames: str, **settings) -> float:
     settings = {**EXTRA, **settings}
+    model = None if model == "default" else model     # None: the shipped model
     from keyprop.core.api import Settings, propagate
     from keyprop.core.runtime import create_engine
     from keyprop.core.shot import Shot
@@ -75,30 +81,54 @@ def run(paths: dict, model: str, threads: int, frames: str, **settings) -> float
     return (time.perf_counter() - t0) / (last - first + 1)
 
 
+MODES = {"warps": {}, "network": {"warp_blend": False}}
+
+
 def bench_fps(args):
-    print(f"{'plate':6s} {'mask':>6s} {'s/frame':>8s} {'fps':>6s}")
+    print(f"{'plate':6s} {'mask':>6s} " + " ".join(f"{m + ' s/frame':>16s} {'fps':>5s}" for m in MODES))
     for name in args.sizes:
         for fraction in (0.05, 0.30):
+            cells = []
             with tempfile.TemporaryDirectory() as tmp:
                 paths = make_shot(Path(tmp), SIZES[name], 4, fraction)
-                run(paths, args.model, args.threads, "1002-1002")  # warm-up
-                spf = run(paths, args.model, args.threads, "1002-1003")
-            print(f"{name:6s} {fraction:6.0%} {spf:8.2f} {1 / spf:6.2f}", flush=True)
+                for mode in MODES.values():
+                    run(paths, args.model, args.threads, "1002-1002", **mode)  # warm-up
+                    spf = run(paths, args.model, args.threads, "1002-1003", **mode)
+                    cells.append(f"{spf:16.2f} {1 / spf:5.2f}")
+            print(f"{name:6s} {fraction:6.0%} " + " ".join(cells), flush=True)
 
 
 def bench_roi(args):
-    print(f"{'plate':6s} {'small-mask s':>12s} {'full-frame s':>12s} {'ratio':>6s}")
+    print(f"{'plate':6s} {'mode':8s} {'small-mask s':>12s} {'full-frame s':>12s} {'ratio':>6s} {'file I/O s':>10s}")
     for name in args.sizes:
         h, w = SIZES[name]
         with tempfile.TemporaryDirectory() as tmp:
             # A thin wire-like mask; 10 frames so per-shot work (reading every mask for the ROI,
             # encoding the two keyframes) is spread as in a real shot, not charged to 2 frames.
             paths = make_shot(Path(tmp), (h, w), 10, 0.002)
-            run(paths, args.model, args.threads, "1002-1002")
-            small = run(paths, args.model, args.threads, "1002-1009")
-            # Full frame: the ROI forced to the whole plate at plate resolution.
-            full = run(paths, args.model, args.threads, "1002-1009", margin=10.0, work_res=max(h, w))
-        print(f"{name:6s} {small:12.2f} {full:12.2f} {small / full:6.3f}", flush=True)
+            files = file_io(paths, "1002-1009")
+            for mode, extra in MODES.items():
+                run(paths, args.model, args.threads, "1002-1002", **extra)
+                small = run(paths, args.model, args.threads, "1002-1009", **extra)
+                # Full frame: the ROI forced to the whole plate at plate resolution (with the
+                # network, a few frames: one takes seconds).
+                full = run(paths, args.model, args.threads, "1002-1009" if mode == "warps" else "1002-1004",
+                           margin=10.0, work_res=max(h, w), **extra)
+                print(f"{name:6s} {mode:8s} {small:12.2f} {full:12.2f} {small / full:6.3f} {files:10.2f}", flush=True)
+    print("file I/O: decoding each plate frame and writing it back, one after the other (what any run "
+          "of the shot pays whatever its ROI; the fill overlaps it on other cores)")
+
+
+def file_io(paths: dict, frames: str) -> float:
+    """Seconds per frame to read each plate frame and write it as the output, serially."""
+    from keyprop.core import io
+
+    first, last = (int(v) for v in frames.split("-"))
+    t0 = time.perf_counter()
+    for frame in range(first, last + 1):
+        plate = io.read_frame(paths["plate"].replace("####", str(frame)))
+        io.write_frame(paths["out"].replace("####", f"io{frame}"), plate)
+    return (time.perf_counter() - t0) / (last - first + 1)
 
 
 def _memory_child(frames: int, model: str, threads: int) -> None:
@@ -135,7 +165,8 @@ def bench_memory(args):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", choices=["fps", "roi", "memory"], action="append")
-    p.add_argument("--model", default="preset:small", help="model file or preset:NAME (random weights)")
+    p.add_argument("--model", default="default", help="model file, 'default' (the shipped model) or preset:NAME "
+                   "(random weights)")
     p.add_argument("--sizes", nargs="+", default=["1080p", "4K"], choices=list(SIZES))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-plate-sources", action="store_true",
