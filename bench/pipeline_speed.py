@@ -7,13 +7,13 @@
 fps      1080p and 4K plates with a small (<= 5 % of the area) and a large (30 %) mask.
 roi      small-mask time vs the same plate processed as a full frame at plate resolution
          (what a tool without an ROI does); goal: ratio <= 0.15.
+memory   peak resident memory of a 200-frame vs a 20-frame 1080p shot (separate processes);
+         goal: ratio <= 1.2 (frames are streamed).
 Each of fps and roi is measured two ways. "warps": as the shots come (keyframes that show
 every hole pixel once warped), where the network is not run at all and the time is flows,
 blending and file I/O. "network": the same shots with warp_blend off, so the network fills
 every hole pixel, as it does wherever no source shows the hole (a static occluder, parallax,
 no keyframes): the inference the ROI exists to shrink.
-memory   peak resident memory of a 200-frame vs a 20-frame 1080p shot (separate processes);
-         goal: ratio <= 1.2 (frames are streamed).
 Shots are synthetic (textured, panning); plate frames beyond the first few are symlinks,
 so the disk holds little while every frame is still read, filled and written.
 """

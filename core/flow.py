@@ -119,13 +119,13 @@ def warp(image: np.ndarray, flow: np.ndarray,
         ``image``'s layout with ``flow``'s height and width, float32.
     """
     flow = np.asarray(flow, dtype=np.float32)
-    at = _grid(*flow.shape[:2]) + flow
     image = np.asarray(image, dtype=np.float32)
     if image.ndim == 3 and image.shape[2] > 4:
         # cv2.remap handles at most 4 channels.
         return np.stack([warp(image[:, :, c], flow, border) for c in range(image.shape[2])],
                         axis=2)
-    out = cv2.remap(image, at, None, cv2.INTER_LINEAR, borderMode=border)
+    # Where each pixel samples, as one two-channel map.
+    out = cv2.remap(image, _grid(*flow.shape[:2]) + flow, None, cv2.INTER_LINEAR, borderMode=border)
     if image.ndim == 3 and out.ndim == 2:
         out = out[:, :, None]
     return out
@@ -186,7 +186,8 @@ def _affine_base(flow: np.ndarray, valid: np.ndarray) -> np.ndarray | None:
 
 
 def _grid(h: int, w: int) -> np.ndarray:
-    """Every pixel's (x, y), float32 (h, w, 2); read-only, kept for the last few sizes."""
+    """Every pixel's (x, y), float32 (h, w, 2) (66 MB at 4K); read-only, kept for the last four
+    sizes (a run uses two or three: working size, ROI at plate size)."""
     with _grids_lock:
         grid = _grids.get((h, w))
         if grid is None:
