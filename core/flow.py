@@ -348,14 +348,15 @@ def _explained(forward, error, known, hmat, work_shape) -> bool:
 
 def _apply(hmat: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     """Where ``hmat`` sends every pixel of an (h, w) grid: (map_x, map_y) float32."""
-    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    return _apply_points(hmat, gx, gy)
+    grid = _grid(h, w)
+    return _apply_points(hmat, grid[:, :, 0], grid[:, :, 1])
 
 
 def _prealigned_dis(t_luma, k_luma, hmat):
     """DIS both ways on the key pre-warped by ``hmat``; flows composed back to plain ones."""
     h, w = t_luma.shape
-    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    grid = _grid(h, w)
+    gx, gy = grid[:, :, 0], grid[:, :, 1]
     hx, hy = _apply(hmat, h, w)                                   # target grid -> key position
     aligned = cv2.remap(k_luma, hx, hy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     # t(p) ~ aligned(p + r(p)); aligned(p) ~ t(p + rb(p))
