@@ -119,13 +119,17 @@ def warp(image: np.ndarray, flow: np.ndarray,
         ``image``'s layout with ``flow``'s height and width, float32.
     """
     flow = np.asarray(flow, dtype=np.float32)
+    return _sample(image, _grid(*flow.shape[:2]) + flow, border)
+
+
+def _sample(image: np.ndarray, at: np.ndarray, border: int) -> np.ndarray:
+    """``image`` sampled bilinearly at the positions ``at`` (float32 ``(h, w, 2)``, x then y):
+    :func:`warp` once ``p + flow(p)`` is known."""
     image = np.asarray(image, dtype=np.float32)
     if image.ndim == 3 and image.shape[2] > 4:
         # cv2.remap handles at most 4 channels.
-        return np.stack([warp(image[:, :, c], flow, border) for c in range(image.shape[2])],
-                        axis=2)
-    # Where each pixel samples, as one two-channel map.
-    out = cv2.remap(image, _grid(*flow.shape[:2]) + flow, None, cv2.INTER_LINEAR, borderMode=border)
+        return np.stack([_sample(image[:, :, c], at, border) for c in range(image.shape[2])], axis=2)
+    out = cv2.remap(image, at, None, cv2.INTER_LINEAR, borderMode=border)
     if image.ndim == 3 and out.ndim == 2:
         out = out[:, :, None]
     return out
@@ -292,10 +296,10 @@ def consistency_error(forward: np.ndarray, backward: np.ndarray) -> np.ndarray:
     Where ``p + F(p)`` falls outside the frame the error is :data:`OUT_OF_FRAME_ERROR`.
     """
     h, w = forward.shape[:2]
-    back_at = warp(backward, forward, border=cv2.BORDER_REPLICATE)
-    both = forward + back_at
+    at = _grid(h, w) + forward                  # where each target pixel lands in the key
+    both = forward + _sample(backward, at, cv2.BORDER_REPLICATE)
     err = np.sqrt(np.einsum("ijk,ijk->ij", both, both))
-    x, y = cv2.split(_grid(h, w) + forward)
+    x, y = cv2.split(at)
     outside = (x < -0.5) | (x > w - 0.5) | (y < -0.5) | (y > h - 0.5)
     err[outside] = OUT_OF_FRAME_ERROR
     return err
