@@ -33,6 +33,8 @@ import numpy as np
 
 from . import color, io
 from . import flow as flowlib
+from .composite import composite, composite_alpha, guidance, network_hole, poisson_fill
+from .fusion import Warped, fuse, match_colour
 from .errors import KeypropInputError
 from .roi import ROI, mask_bbox, plan_roi, union_bbox
 from .shot import Shot, expand, plan_keyframes, scan
@@ -62,6 +64,7 @@ class Settings:
     plate_sources: bool = True       # plate frames that show the hole serve beside keyframes
     colour_match: bool = True        # match each warped source's exposure to the target
     prealign: bool = True            # pre-align sources by a feature homography before DIS
+    gradient_domain: bool = True     # compose the fill in the gradient domain (no seams at the border or between sources)
     threads: Optional[int] = None    # CPU threads for the engine (None = all)
 
     @classmethod
@@ -98,37 +101,6 @@ class Result:
     roi: Optional[ROI] = None
 
 
-# --- masks ----------------------------------------------------------------------------------
-
-def composite_alpha(mask: np.ndarray, dilate: int, feather: float) -> np.ndarray:
-    """Per-pixel blend weight of the fill: the mask, grown by ``dilate`` px, softened by ``feather``.
-
-    Zero exactly wherever the grown, softened mask does not reach, so those pixels stay
-    the plate's bit for bit. Never below the mask itself.
-    """
-    alpha = np.clip(mask, 0.0, 1.0).astype(np.float32)
-    if dilate > 0:
-        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * dilate + 1, 2 * dilate + 1))
-        alpha = cv2.dilate(alpha, kernel)
-    if feather > 0:
-        radius = int(np.ceil(2.5 * feather))
-        soft = cv2.GaussianBlur(alpha, (2 * radius + 1, 2 * radius + 1), feather, borderType=cv2.BORDER_REPLICATE)
-        alpha = np.maximum(alpha, soft)
-    return alpha
-
-
-def network_hole(mask: np.ndarray, dilate: int) -> np.ndarray:
-    """Binary hole the network is told about: any non-zero mask pixel, grown a little.
-
-    Slightly larger than the composite region so the network never sees half-masked
-    object edges as valid content.
-    """
-    hole = (mask > 0).astype(np.uint8)
-    grow = dilate + 2
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))
-    return cv2.dilate(hole, kernel).astype(np.float32)
-
-
 # --- the per-shot filler --------------------------------------------------------------------
 
 def _rgb3(pixels: np.ndarray) -> np.ndarray:
@@ -145,89 +117,8 @@ def _rgb3(pixels: np.ndarray) -> np.ndarray:
 SOURCE_OFFSETS = (1, -1, 2, -2, 4, -4, 8, -8, 16, -16, 32, -32)
 # A plate source must show at least this share of the target's hole (once aligned).
 MIN_SOURCE_GAIN = 0.02
-# A source whose score exceeds the best source's score by SCORE_TEMPERATURE * best +
-# SCORE_FLOOR (display units) weighs exp(-1) of the best one.
-SCORE_TEMPERATURE = 0.3
-SCORE_FLOOR = 0.001
-# Forward-backward flow error (working pixels) beyond which a known pixel counts as a mismatch.
-MAX_FLOW_ERROR_PX = 20.0
-# Weight of the network's own fill against the warped sources (each weighs up to 1).
-NETWORK_WEIGHT = 0.001
-# Width (working pixels) of the ring around the hole on which colour is matched.
-RING_PX = 12
-
-
-def match_colour(warped: np.ndarray, target: np.ndarray, hole: np.ndarray, error: np.ndarray) -> np.ndarray:
-    """``warped`` with the per-channel exposure gain that matches it to ``target`` around the hole.
-
-    Exposure and white balance are gains in scene-linear light: the gain per channel is the
-    ratio of the target's to the source's mean linear value on a ring of known target pixels
-    around the hole where the warp is consistent (error < 1 px). Means are insensitive to
-    slight misalignment (a least-squares fit would shrink towards flat). Left unchanged when
-    the ring is too small or dark.
-    """
-    ring = cv2.dilate(hole.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * RING_PX + 1,) * 2))
-    ring = (ring > 0) & (hole == 0) & (error < 1.0)
-    if ring.sum() < 64:
-        return warped
-    # A gain in linear light is a gain of gain^(1/2.2) on display values (gamma 2.2 stands
-    # in for the transfer curve; the display values must not be decoded through the
-    # highlight roll-off, where 1.0 means infinity).
-    src = (np.clip(warped[ring], 0.0, 1.0) ** 2.2).mean(axis=0)
-    dst = (np.clip(target[ring], 0.0, 1.0) ** 2.2).mean(axis=0)
-    gain = np.where(src > 1e-3, dst / np.maximum(src, 1e-3), 1.0) ** (1 / 2.2)
-    gain = np.clip(gain, 0.5, 2.0).astype(np.float32)
-    if np.all(np.abs(gain - 1.0) < 1e-3):
-        return warped
-    return (warped * gain).astype(np.float32)
-
-
-def source_score(warped: np.ndarray, target: np.ndarray, hole: np.ndarray, error: np.ndarray):
-    """(score, usable) of a warped source, per pixel: lower scores are better matches.
-
-    The score is the source's colour difference to the target (display units) on the
-    target's known pixels, smoothed and carried into the hole from its surroundings by
-    push-pull (nearest first): inside the hole there is nothing to compare with, and the
-    flows there are completions whose mutual error says little. ``usable`` is False where
-    the flow leaves the source or lands in the source's own hole.
-    """
-    usable = error < flowlib.OUT_OF_FRAME_ERROR
-    known = (hole == 0) & usable
-    photo = np.abs(warped - target).mean(axis=2)
-    photo = np.where(error > MAX_FLOW_ERROR_PX, np.float32(1.0), photo) * known
-    # Smoothed over known pixels only (the hole's zeroed target must not bleed into its rim).
-    weight = cv2.GaussianBlur(known.astype(np.float32), (0, 0), 2.0)
-    photo = cv2.GaussianBlur(photo.astype(np.float32), (0, 0), 2.0) / np.maximum(weight, 1e-6)
-    score = flowlib.complete_flow(photo[:, :, None].astype(np.float32), known)[:, :, 0]
-    return score.astype(np.float32), usable
-
-
-def fuse_warps(fill: np.ndarray, warps: Sequence[tuple]) -> np.ndarray:
-    """Blend the flow-warped sources with the network's fill, per pixel.
-
-    ``warps``: (warped source, score, usable) triples (see :func:`source_score`). Each
-    usable source weighs exp(-(score - best) / (SCORE_TEMPERATURE * best + SCORE_FLOOR)):
-    the best match dominates, sources about as good are averaged (grain and noise average
-    out). The network's ``fill`` takes what no source can show, and weighs NETWORK_WEIGHT
-    elsewhere; ``fill`` None: no network fill (pixels no source shows come out 0).
-    """
-    scores = np.stack([np.where(u, sc, np.inf) for _, sc, u in warps])
-    best = scores.min(axis=0)
-    if fill is None:   # no network fill: every pixel that matters has a usable source
-        total = np.full(best.shape, 1e-12, np.float32)
-        acc = np.zeros(warps[0][0].shape, np.float32)
-    else:
-        total = np.full(fill.shape[:2], NETWORK_WEIGHT, np.float32)
-        acc = fill * NETWORK_WEIGHT
-    base = np.where(np.isfinite(best), best, 0)
-    for (warped, _, usable), sc in zip(warps, scores):
-        wgt = np.where(usable, np.exp(-(sc - base) / (SCORE_TEMPERATURE * base + SCORE_FLOOR)), 0.0)
-        wgt = wgt.astype(np.float32)
-        acc = acc + wgt[:, :, None] * warped
-        total += wgt
-    return (acc / total[:, :, None]).astype(np.float32)
-
-
+# What a plate source cannot show: its own hole and a rim of this many working pixels.
+SOURCE_HOLE_RIM = np.ones((5, 5), np.uint8)
 class _LRU(OrderedDict):
     """A small least-recently-used cache: memory stays bounded however long the shot (every
     insertion evicts the oldest entries beyond ``size``)."""
@@ -272,6 +163,7 @@ class ShotFiller:
         # DIS flows both ways between two plate frames, completed in the holes: frame t's
         # pair with t+1 serves t+1's with t.
         self._dis = _LRU(2 * settings.max_sources)
+        self.last_labels: Optional[np.ndarray] = None          # the last fill's source labels (working size)
 
     def _crop(self, image: np.ndarray) -> np.ndarray:
         """The ROI of a full frame; an ROI-sized array is taken as already cropped."""
@@ -376,40 +268,54 @@ class ShotFiller:
         else:
             target, hole = self._prepare(pixels, mask)
             target_flow = self._flow_frame(target, hole, None)
-        # Per source: (handle maker, flow, error, warped pixels, error for the blend).
+        # Per source: (handle maker, flow, error, warped pixels, error for the blend, distance).
         sources, detail_key = [], None
+        here = frame if frame is not None else 0
         for k in key_frames:
             key_work, key_plate, key_flow = self.keyframe(k)
             f, e = self._flow(target_flow, key_flow)
-            detail_key = (key_plate, f, e) if detail_key is None else detail_key
-            sources.append((lambda k=k: self._key_handle(k), f, e, flowlib.warp(key_work, f), e))
+            detail_key = (len(sources), key_plate, f, e) if detail_key is None else detail_key
+            sources.append((lambda k=k: self._key_handle(k), f, e, flowlib.warp(key_work, f), e,
+                            abs(k - here) if frame is not None else 0))
         use_plate = s.plate_sources or len(key_frames) < 2
         if use_plate and source_candidates and self.source_loader is not None:
             for cand, f, e in self.choose_sources(target_flow, hole, source_candidates,
                                                   s.max_sources - len(key_frames)):
                 src, src_hole, _ = self.plate_frame(cand)
-                # Where the source's own hole lands, its warped pixels are no evidence at all.
-                blend_err = np.where(flowlib.warp(src_hole, f) > 0, flowlib.OUT_OF_FRAME_ERROR, e)
-                sources.append((lambda c=cand: self._plate_handle(c), f, e, flowlib.warp(src, f), blend_err))
+                # Where the source's own hole lands, its warped pixels are no evidence at all, nor
+                # next to it (bilinear samples there mix in the zeroed hole: a dark rim whose
+                # gradients the gradient-domain composite would carry in).
+                blend_err = np.where(flowlib.warp(cv2.dilate(src_hole, SOURCE_HOLE_RIM), f) > 0,
+                                     flowlib.OUT_OF_FRAME_ERROR, e)
+                sources.append((lambda c=cand: self._plate_handle(c), f, e, flowlib.warp(src, f), blend_err,
+                                abs(cand - here) if frame is not None else 0))
         warps = []
         if s.warp_blend and sources:
-            warps = [(match_colour(w, target, hole, be) if s.colour_match else w, be) for _, _, _, w, be in sources]
-            warps = [(w, *source_score(w, target, hole, be)) for w, be in warps]
+            warps = [Warped(match_colour(w, target, hole, be) if s.colour_match else w, be, dist)
+                     for _, _, _, w, be, dist in sources]
         shown = np.zeros(hole.shape, bool)
-        for _, _, usable in warps:
-            shown |= usable
-        if warps and shown[hole > 0].all():
-            # Every hole pixel has a source that shows it: the network's share there would be
-            # under NETWORK_WEIGHT / (1 + NETWORK_WEIGHT) (0.1 %), so it is not run at all.
-            fill = fuse_warps(None, warps)
+        for w in warps:
+            shown |= w.error < flowlib.OUT_OF_FRAME_ERROR
+        # The network runs only where some hole pixel has no source that shows it (elsewhere its
+        # share would be under NETWORK_WEIGHT / (1 + NETWORK_WEIGHT), 0.1 %).
+        network = None if warps and shown[hole > 0].all() else self._network_fill(target, hole, sources)
+        if warps:
+            fused = fuse(warps, target, hole, network)
+            fill, weights, labels = fused.fill, fused.weights, fused.labels
+            if s.gradient_domain:
+                fill = poisson_fill(fill, target, hole, *guidance(fused.sources, weights))
         else:
-            fill = self._network_fill(target, hole, sources)
-            if warps:
-                fill = fuse_warps(fill, warps)
+            fill, weights, labels = network, None, np.full(hole.shape, -1, np.int16)
+            if s.gradient_domain:   # the network's fill meets the plate without an edge too
+                fill = poisson_fill(fill, target, hole)
+        self.last_labels = labels
         fill = roi.to_plate(fill)
         if s.detail and roi.scale < 0.999 and detail_key is not None:
-            key_plate, f, e = detail_key
-            fill = self._restore_detail(fill, key_plate, f.transpose(2, 0, 1), e)
+            index, key_plate, f, e = detail_key
+            # The keyframe's detail only where the keyframe is what fills (another source's
+            # region would get the keyframe's texture over its own: a ghost).
+            share = weights[index] if weights is not None else np.ones(hole.shape, np.float32)
+            fill = self._restore_detail(fill, key_plate, f.transpose(2, 0, 1), e, share)
         fill = np.clip(fill, 0.0, 1.0)
         if self.linear:
             fill = color.to_linear(fill).astype(np.float32)
@@ -432,8 +338,9 @@ class ShotFiller:
                                 np.stack([e[None] for e in errs]))  # (3, h, w)
         return np.ascontiguousarray(fill.transpose(1, 2, 0))
 
-    def _restore_detail(self, fill, key_plate, flow_work, err_work):
-        """Add the nearest keyframe's high frequencies, warped at plate resolution, where flow agrees."""
+    def _restore_detail(self, fill, key_plate, flow_work, err_work, share=None):
+        """Add the nearest keyframe's high frequencies, warped at plate resolution, where flow
+        agrees (and, given ``share`` (h, w) at working size, in proportion to it)."""
         roi = self.roi
         flow_plate = roi.flow_to_plate(np.ascontiguousarray(flow_work.transpose(1, 2, 0)))
         warped = flowlib.warp(key_plate, flow_plate)
@@ -445,22 +352,24 @@ class ShotFiller:
         # Error in working pixels; resized linearly (cubic rings below 0 next to large errors).
         err = cv2.resize(np.clip(err_work, 0, 50).astype(np.float32), (roi.width, roi.height),
                          interpolation=cv2.INTER_LINEAR)
-        reliable = np.exp(-err)[:, :, None]
-        return fill + reliable * detail
+        reliable = np.exp(-err)
+        if share is not None:
+            reliable = reliable * cv2.resize(share.astype(np.float32), (roi.width, roi.height),
+                                             interpolation=cv2.INTER_LINEAR)
+        return fill + reliable[:, :, None] * detail
 
     def _composite(self, pixels, fill, alpha):
         roi = self.roi
-        out = pixels.copy()
-        region = out if out.shape[:2] == (roi.height, roi.width) else out[roi.y0:roi.y1, roi.x0:roi.x1]
-        a = alpha[:, :, None]
-        if region.ndim == 2 or region.shape[2] == 1:
-            fill = fill.mean(axis=2, keepdims=True)
-            target = region if region.ndim == 3 else region[:, :, None]
-            blended = np.where(a > 0, target * (1 - a) + fill * a, target)
-            region[...] = blended if region.ndim == 3 else blended[:, :, 0]
-        else:
-            rgb = region[:, :, :3]
-            region[:, :, :3] = np.where(a > 0, rgb * (1 - a) + fill * a, rgb)
+        inside = pixels.shape[:2] == (roi.height, roi.width)
+        return composite(pixels, fill, alpha, (0, 0) if inside else (roi.y0, roi.x0))
+
+    def labels_at_plate(self, shape) -> np.ndarray:
+        """The last fill's source labels (see :class:`fusion.Fusion`) in a frame of ``shape``
+        (H, W) at plate size: -2 outside the ROI."""
+        roi = self.roi
+        out = np.full(shape, -2, np.int16)
+        region = out if shape == (roi.height, roi.width) else out[roi.y0:roi.y1, roi.x0:roi.x1]
+        region[...] = cv2.resize(self.last_labels, (roi.width, roi.height), interpolation=cv2.INTER_NEAREST)
         return out
 
 
@@ -732,7 +641,8 @@ def source_candidates(frame: int, available) -> List[int]:
 
 
 def fill_frames(frames: Sequence[np.ndarray], masks: Sequence[np.ndarray], key_indices: Iterable[int], engine,
-                settings: Optional[Settings] = None, linear: bool = False) -> List[np.ndarray]:
+                settings: Optional[Settings] = None, linear: bool = False,
+                debug: Optional[dict] = None) -> List[np.ndarray]:
     """Fill a shot held in memory: the same pixels :func:`propagate` writes for it.
 
     Args:
@@ -741,6 +651,9 @@ def fill_frames(frames: Sequence[np.ndarray], masks: Sequence[np.ndarray], key_i
         key_indices: indices of ``frames`` that are clean keyframes (returned unchanged);
             empty: the shot is filled from its own frames.
         engine: from ``core.runtime.create_engine``.
+        debug: a dict that, when given, receives ``labels``: {index: (H, W) int16} for each
+            filled frame, the source that filled each pixel (-1: the network, -2: outside
+            the ROI; indices in the order the fill took its sources: keyframes, then plate frames).
     """
     settings = settings or Settings()
     keys = sorted(set(int(k) for k in key_indices))
@@ -759,4 +672,6 @@ def fill_frames(frames: Sequence[np.ndarray], masks: Sequence[np.ndarray], key_i
         else:
             plan = plan_keyframes(i, keys, settings.max_keys) if keys else []
             out.append(filler.fill(pixels, mask, plan, source_candidates(i, everything), i))
+            if debug is not None:
+                debug.setdefault("labels", {})[i] = filler.labels_at_plate(mask.shape[:2])
     return out

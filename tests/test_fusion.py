@@ -1,8 +1,10 @@
-"""Fusing flow-warped sources: exposure matching, per-pixel scores, plate sources beside keyframes."""
+"""Fusing flow-warped sources (core/fusion.py): exposure matching, per-pixel evidence, no
+averaging of content that disagrees, plate sources beside keyframes."""
 import numpy as np
 
-from keyprop.core.api import (NETWORK_WEIGHT, Settings, fill_frames, fuse_warps, match_colour, source_score)
+from keyprop.core.api import Settings, fill_frames
 from keyprop.core.flow import OUT_OF_FRAME_ERROR
+from keyprop.core.fusion import NETWORK_WEIGHT, Warped, fuse, match_colour, source_score
 from keyprop.core.runtime import create_engine
 
 
@@ -47,15 +49,19 @@ def test_best_matching_source_dominates_and_network_fills_what_none_shows():
     bad = np.clip(truth + 0.2, 0, 1)       # off by 0.2 around the hole as well: a poor match
     zero_err = np.zeros_like(hole)
     net = np.full_like(truth, 0.5)
-    fused = fuse_warps(net, [(good, *source_score(good, target, hole, zero_err)),
-                             (bad, *source_score(bad, target, hole, zero_err))])
+    fused = fuse([Warped(good, zero_err), Warped(bad, zero_err)], target, hole, net)
     inside = hole > 0
-    assert np.abs(fused - truth)[inside].max() < 0.01
+    assert np.abs(fused.fill - truth)[inside].max() < 0.01
+    assert (fused.labels[inside] == 0).all()
     # A source whose flow leaves the frame everywhere counts for nothing: the network's fill stays.
     gone = np.full_like(hole, OUT_OF_FRAME_ERROR)
-    fused = fuse_warps(net, [(bad, *source_score(bad, target, hole, gone))])
-    np.testing.assert_allclose(fused, net, atol=1e-6)
+    fused = fuse([Warped(bad, gone)], target, hole, net)
+    np.testing.assert_allclose(fused.fill, net, atol=1e-6)
+    assert (fused.labels == -1).all()
     assert NETWORK_WEIGHT < 0.01
+    # source_score: low where the source matches, usable where the flow stays in frame.
+    score, usable = source_score(good, target, hole, zero_err)
+    assert usable.all() and score[inside].max() < 0.01
 
 
 def test_equally_good_sources_are_averaged():
@@ -65,10 +71,53 @@ def test_equally_good_sources_are_averaged():
     noisy = [np.clip(truth + rng.normal(0, 0.03, truth.shape), 0, 1).astype(np.float32) for _ in range(4)]
     target = truth * (1 - hole[:, :, None])
     z = np.zeros_like(hole)
-    fused = fuse_warps(np.zeros_like(truth), [(n, *source_score(n, target, hole, z)) for n in noisy])
+    fused = fuse([Warped(n, z) for n in noisy], target, hole)
     inside = hole > 0
     single = np.abs(noisy[0] - truth)[inside].mean()
-    assert np.abs(fused - truth)[inside].mean() < 0.7 * single
+    assert np.abs(fused.fill - truth)[inside].mean() < 0.7 * single
+
+
+def test_sources_that_disagree_inside_the_hole_are_never_averaged():
+    """Two sources match the ring equally well but show different things inside the hole (a
+    walker in one of them): the fill takes one of them per pixel, never their mean (a ghost)."""
+    truth = texture()
+    hole = box_hole()
+    target = truth * (1 - hole[:, :, None])
+    z = np.zeros_like(hole)
+    other = truth.copy()
+    other[24:40, 34:46] = np.float32([0.9, 0.1, 0.1])     # something inside the hole only
+    fused = fuse([Warped(truth, z, 1), Warped(other, z, 1)], target, hole)
+    region = np.zeros(hole.shape, bool)
+    region[24:40, 34:46] = True
+    mean = 0.5 * (truth + other)
+    nearest = np.minimum(np.abs(fused.fill - truth).mean(axis=2), np.abs(fused.fill - other).mean(axis=2))
+    assert np.median(nearest[region]) < 0.02
+    assert np.median(np.abs(fused.fill - mean).mean(axis=2)[region]) > 0.1
+
+
+def test_consensus_inside_the_hole_outvotes_the_odd_source():
+    """Three sources match the ring alike; inside the hole two agree and one shows content that
+    has since moved: the two that agree fill it."""
+    truth = texture()
+    hole = box_hole()
+    target = truth * (1 - hole[:, :, None])
+    z = np.zeros_like(hole)
+    moved = truth.copy()
+    moved[22:42, 32:48] = np.float32([0.1, 0.8, 0.2])
+    fused = fuse([Warped(moved, z, 1), Warped(truth, z, 2), Warped(truth, z, 4)], target, hole)
+    inside = hole > 0
+    assert np.abs(fused.fill - truth)[inside].mean() < 0.01
+
+
+def test_a_near_frame_wins_over_a_far_one_when_the_evidence_is_equal():
+    truth = texture()
+    hole = box_hole()
+    target = truth * (1 - hole[:, :, None])
+    z = np.zeros_like(hole)
+    far = truth.copy()
+    far[24:40, 34:46] = 0.9
+    fused = fuse([Warped(far, z, 30), Warped(truth, z, 1)], target, hole)
+    assert (fused.labels[hole > 0] == 1).mean() > 0.9
 
 
 def test_plate_frames_serve_beside_keyframes():

@@ -1,0 +1,193 @@
+"""Source fusion: which flow-warped source fills which part of the hole, and how they mix.
+
+Every source (a keyframe, or a plate frame that shows the hole) arrives warped into the
+target's geometry at working size, display-referred, with its forward-backward flow
+error. This module decides, per hole pixel, how much each source counts, from evidence:
+
+* **ring score** (:func:`source_score`): how well the warped source matches the target on
+  the known pixels around the hole, carried into the hole from its surroundings;
+* **consensus inside the hole**: two sources from different frames that agree on a hole
+  pixel are very likely both right (misaligned content rarely agrees with other misaligned
+  content); a source that disagrees with every other one there is suspect. This is
+  evidence from inside the hole, where the ring says nothing about a moving hand;
+* **time**: a near frame has seen the scene as it is now; a far keyframe may show walkers
+  that have since moved. A small cost per doubling of the frame distance breaks ties.
+
+The costs are smoothed so each source takes coherent regions, then turned into weights:
+the best source dominates, and another source is mixed in only where it *agrees* with the
+best one (grain and compression noise average out; misaligned content is never averaged,
+which is what makes ghosts: a second eye, two mouths). The seams that hard switches leave
+are removed afterwards in the gradient domain (:mod:`keyprop.core.composite`), which is why
+the weights come back beside the fill.
+
+Units: images display-referred [0, 1], costs in display units (mean absolute difference).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import cv2
+import numpy as np
+
+from . import flow as flowlib
+
+__all__ = ["Warped", "Fusion", "match_colour", "source_score", "fuse", "MAX_FLOW_ERROR_PX", "NETWORK_WEIGHT"]
+
+# Forward-backward flow error (working pixels) beyond which a known pixel counts as a mismatch.
+MAX_FLOW_ERROR_PX = 20.0
+# Weight of the network's own fill against the warped sources (each weighs up to 1).
+NETWORK_WEIGHT = 0.001
+# Width (working pixels) of the ring around the hole on which colour is matched.
+RING_PX = 12
+# A source whose cost exceeds the best one's by SCORE_TEMPERATURE * best + SCORE_FLOOR
+# weighs exp(-1) of the best one (before the agreement gate).
+SCORE_TEMPERATURE = 0.3
+SCORE_FLOOR = 0.001
+# Two warped sources whose smoothed mean absolute difference at a pixel is AGREE_LEVEL
+# weigh exp(-1) together of what they would if they agreed: about the difference grain and
+# compression noise leave between two aligned frames, well below misaligned texture.
+AGREE_LEVEL = 0.03
+# Weight of the consensus cost (how far a source is from its closest other source), and the
+# difference beyond which disagreeing more costs nothing more: consensus breaks ties the ring
+# cannot (a moving hand inside the hole); it must not outvote a ring that clearly prefers one
+# source (two keyframes can agree with each other because they share one wrong flow).
+CONSENSUS_WEIGHT = 0.5
+CONSENSUS_CAP = 2 * AGREE_LEVEL
+# Cost per doubling of the frame distance between source and target (display units).
+DISTANCE_COST = 0.004
+# Smoothing (working pixels) of the per-pixel differences and of the costs.
+AGREE_SIGMA = 1.5
+COST_SIGMA = 3.0
+
+
+@dataclass
+class Warped:
+    """One source in the target's geometry: ``pixels`` (h, w, 3) display-referred, ``error``
+    (h, w) forward-backward flow error in working pixels (``flow.OUT_OF_FRAME_ERROR`` where
+    the source cannot show the pixel: outside its frame, or in its own hole), ``distance``
+    in frames from the target (0: unknown)."""
+
+    pixels: np.ndarray
+    error: np.ndarray
+    distance: int = 0
+
+
+@dataclass
+class Fusion:
+    """The fused fill (h, w, 3), the weight of each source per pixel (normalised, the
+    network's last when it took part), and ``labels`` (h, w) int16: the source with the
+    largest weight (-1: the network)."""
+
+    fill: np.ndarray
+    sources: List[np.ndarray]
+    weights: List[np.ndarray]
+    labels: np.ndarray
+
+
+def match_colour(warped: np.ndarray, target: np.ndarray, hole: np.ndarray, error: np.ndarray) -> np.ndarray:
+    """``warped`` with the per-channel exposure gain that matches it to ``target`` around the hole.
+
+    Exposure and white balance are gains in scene-linear light: the gain per channel is the
+    ratio of the target's to the source's mean linear value on a ring of known target pixels
+    around the hole where the warp is consistent (error < 1 px). Means are insensitive to
+    slight misalignment (a least-squares fit would shrink towards flat). Left unchanged when
+    the ring is too small or dark.
+    """
+    ring = cv2.dilate(hole.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * RING_PX + 1,) * 2))
+    ring = (ring > 0) & (hole == 0) & (error < 1.0)
+    if ring.sum() < 64:
+        return warped
+    # A gain in linear light is a gain of gain^(1/2.2) on display values (gamma 2.2 stands
+    # in for the transfer curve; the display values must not be decoded through the
+    # highlight roll-off, where 1.0 means infinity).
+    src = (np.clip(warped[ring], 0.0, 1.0) ** 2.2).mean(axis=0)
+    dst = (np.clip(target[ring], 0.0, 1.0) ** 2.2).mean(axis=0)
+    gain = np.where(src > 1e-3, dst / np.maximum(src, 1e-3), 1.0) ** (1 / 2.2)
+    gain = np.clip(gain, 0.5, 2.0).astype(np.float32)
+    if np.all(np.abs(gain - 1.0) < 1e-3):
+        return warped
+    return (warped * gain).astype(np.float32)
+
+
+def source_score(warped: np.ndarray, target: np.ndarray, hole: np.ndarray, error: np.ndarray):
+    """(score, usable) of a warped source, per pixel: lower scores are better matches.
+
+    The score is the source's colour difference to the target (display units) on the
+    target's known pixels, smoothed and carried into the hole from its surroundings by
+    push-pull (nearest first): inside the hole there is nothing to compare with, and the
+    flows there are completions whose mutual error says little. ``usable`` is False where
+    the flow leaves the source or lands in the source's own hole.
+    """
+    usable = error < flowlib.OUT_OF_FRAME_ERROR
+    known = (hole == 0) & usable
+    photo = np.abs(warped - target).mean(axis=2)
+    photo = np.where(error > MAX_FLOW_ERROR_PX, np.float32(1.0), photo) * known
+    # Smoothed over known pixels only (the hole's zeroed target must not bleed into its rim).
+    weight = cv2.GaussianBlur(known.astype(np.float32), (0, 0), 2.0)
+    photo = cv2.GaussianBlur(photo.astype(np.float32), (0, 0), 2.0) / np.maximum(weight, 1e-6)
+    score = flowlib.complete_flow(photo[:, :, None].astype(np.float32), known)[:, :, 0]
+    return score.astype(np.float32), usable
+
+
+def _difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Smoothed per-pixel mean absolute difference of two images (display units)."""
+    return cv2.GaussianBlur(np.abs(a - b).mean(axis=2).astype(np.float32), (0, 0), AGREE_SIGMA)
+
+
+def fuse(warps: Sequence[Warped], target: np.ndarray, hole: np.ndarray,
+         network: Optional[np.ndarray] = None) -> Fusion:
+    """Per-pixel mix of the warped sources (and the network's fill where no source shows
+    the hole): see the module docstring.
+
+    Args:
+        warps: the sources, each already exposure-matched (:func:`match_colour`).
+        target: (h, w, 3) the target, its hole zeroed (only its known pixels are read).
+        hole: (h, w) 0/1 working-size hole.
+        network: (h, w, 3) the network's fill, or None (then every hole pixel that matters
+            must have a usable source; pixels with none come out 0).
+    """
+    n = len(warps)
+    scored = [source_score(w.pixels, target, hole, w.error) for w in warps]
+    usable = [u for _, u in scored]
+    cost = [s.copy() for s, _ in scored]
+    # Consensus: how far each source is from the closest other one (with three or more;
+    # with two, disagreement says nothing about which one is wrong).
+    diff = {}
+    for i in range(n):
+        for j in range(i + 1, n):
+            diff[i, j] = diff[j, i] = _difference(warps[i].pixels, warps[j].pixels)
+    if n >= 3:
+        for i in range(n):
+            others = [np.where(usable[j], diff[i, j], np.float32(1.0)) for j in range(n) if j != i]
+            cost[i] += CONSENSUS_WEIGHT * np.minimum(np.minimum.reduce(others), CONSENSUS_CAP)
+    for i, w in enumerate(warps):
+        cost[i] += DISTANCE_COST * np.log2(1.0 + abs(w.distance))
+        cost[i] = cv2.GaussianBlur(cost[i].astype(np.float32), (0, 0), COST_SIGMA)
+    costs = np.stack([np.where(u, c, np.inf) for c, u in zip(cost, usable)])   # (n, h, w)
+    best_index = np.argmin(costs, axis=0)
+    best = np.min(costs, axis=0)
+    shown = np.isfinite(best)
+    base = np.where(shown, best, 0.0).astype(np.float32)
+    temperature = SCORE_TEMPERATURE * base + SCORE_FLOOR
+    weights = []
+    for i in range(n):
+        # Disagreement with the best source at each pixel (zero where it is the best).
+        gap = np.zeros(hole.shape, np.float32)
+        for j in range(n):
+            if j != i:
+                gap = np.where(best_index == j, diff[i, j], gap)
+        gate = np.exp(-(gap / AGREE_LEVEL) ** 2)
+        wgt = np.where(usable[i], np.exp(-(cost[i] - base) / temperature) * gate, 0.0)
+        weights.append(wgt.astype(np.float32))
+    sources = [w.pixels for w in warps]
+    if network is not None:
+        sources.append(network)
+        weights.append(np.full(hole.shape, NETWORK_WEIGHT, np.float32))
+    total = np.maximum(np.sum(weights, axis=0), 1e-12)
+    weights = [w / total for w in weights]
+    fill = np.zeros(target.shape[:2] + (3,), np.float32)
+    for src, wgt in zip(sources, weights):
+        fill += wgt[:, :, None] * src
+    labels = np.where(shown, best_index, -1).astype(np.int16)
+    return Fusion(fill, sources, weights, labels)
