@@ -14,16 +14,20 @@ Array conventions (numpy float32, channels first, one frame, H and W multiples o
 - ``fill`` returns ``(3, H, W)`` RGB in [0, 1], the network's output for every pixel
   (the pipeline composites it inside the mask only).
 
-The ONNX Runtime engine (export/) implements the same interface.
+The ONNX Runtime engine (export/) implements the same interface. Layers import downward
+only, so this module never imports export/: ``create_engine`` looks a backend up in a small
+registry (``register_backend``); one of a higher layer that nobody registered ('onnx',
+export/engine.py) is named, as data, in ``_KNOWN_BACKENDS`` and imported on first use.
 """
 from __future__ import annotations
 
 import hashlib
+import importlib
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Protocol, Sequence, Union
+from typing import Any, Callable, Dict, Optional, Protocol, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -150,13 +154,47 @@ class TorchEngine:
         return out[0].float().cpu().numpy()
 
 
+# An engine factory takes create_engine's model/device/threads keywords.
+EngineFactory = Callable[..., Engine]
+
+_BACKENDS: Dict[str, EngineFactory] = {}
+
+# Backends of higher layers, by (module relative to this package, factory name): data, not an
+# import, so the core does not depend on them; imported the first time they are asked for.
+_KNOWN_BACKENDS: Dict[str, Tuple[str, str]] = {
+    "onnx": ("..export.engine", "OnnxEngine"),  # optional dependency: onnxruntime
+}
+
+
+def register_backend(name: str, factory: EngineFactory) -> None:
+    """Make ``create_engine(name, ...)`` call ``factory(model=..., device=..., threads=...)``."""
+    _BACKENDS[name] = factory
+
+
+def _backend_names() -> list:
+    """Every backend create_engine knows: registered ones, then known ones not yet imported."""
+    return list(_BACKENDS) + [name for name in _KNOWN_BACKENDS if name not in _BACKENDS]
+
+
+def _torch_engine(model: Optional[str] = None, device: str = "auto", threads: Optional[int] = None) -> TorchEngine:
+    return TorchEngine(load_model(model), device=device, threads=threads)
+
+
+register_backend("torch", _torch_engine)
+
+
+def _backend(name: str) -> EngineFactory:
+    factory = _BACKENDS.get(name)
+    if factory is None and name in _KNOWN_BACKENDS:
+        module, attr = _KNOWN_BACKENDS[name]
+        factory = getattr(importlib.import_module(module, __package__), attr)
+        register_backend(name, factory)
+    if factory is None:
+        raise ValueError(f"unknown backend {name!r} (expected {' or '.join(_backend_names())})")
+    return factory
+
+
 def create_engine(backend: str = "torch", model: Optional[str] = None, device: str = "auto",
                   threads: Optional[int] = None) -> Engine:
     """The engine for ``--backend`` ('torch' or 'onnx') running ``--model`` on ``--device``."""
-    if backend == "torch":
-        return TorchEngine(load_model(model), device=device, threads=threads)
-    if backend == "onnx":
-        from ..export.engine import OnnxEngine  # noqa: WPS433 (optional dependency)
-
-        return OnnxEngine(model=model, device=device, threads=threads)
-    raise ValueError(f"unknown backend {backend!r} (expected torch or onnx)")
+    return _backend(backend)(model=model, device=device, threads=threads)

@@ -21,17 +21,10 @@ import torch
 from ..atomic import atomic_write
 from .config import NetConfig, Provenance
 from .network import KeyPropNet
+from .reference import PAPER_REFERENCE_CONFIG, load_strict  # noqa: F401 (PAPER_REFERENCE_CONFIG: re-exported)
 
 CHECKPOINT_FORMAT = "keyprop-model"
 CHECKPOINT_FORMAT_VERSION = 1
-
-# The generator section of the authors' configs/ours.yaml (the published model).
-PAPER_REFERENCE_CONFIG = dict(
-    is_deformable=True, n_cross=2, is_crossattending=True, num_latents_sqrt=16, num_groups=4,
-    read_write_heads=8, pre_lama=0, post_lama=0, input_nc=4, output_nc=3, ngf=64, n_downsampling=3,
-    n_blocks=4, block_type="ffc", add_out_act="sigmoid",
-    resnet_conv_kwargs=dict(ratio_gin=0.75, ratio_gout=0.75, enable_lfu=False),
-)
 
 _REGISTRY: Dict[str, Callable[[], NetConfig]] = {}
 _DESCRIPTIONS: Dict[str, str] = {}
@@ -132,8 +125,6 @@ def save_checkpoint(model: KeyPropNet, path: Union[str, os.PathLike], preset: Op
 
 def load_checkpoint(path: Union[str, os.PathLike], map_location="cpu") -> KeyPropNet:
     """Read a keyprop checkpoint (``weights_only=True``) into a KeyPropNet in eval mode."""
-    from .reference import load_strict
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: model file not found")

@@ -38,6 +38,14 @@ from .network import KeyPropNet
 
 log = logging.getLogger(__name__)
 
+# The generator section of the authors' configs/ours.yaml (the published model; the paper preset).
+PAPER_REFERENCE_CONFIG = dict(
+    is_deformable=True, n_cross=2, is_crossattending=True, num_latents_sqrt=16, num_groups=4,
+    read_write_heads=8, pre_lama=0, post_lama=0, input_nc=4, output_nc=3, ngf=64, n_downsampling=3,
+    n_blocks=4, block_type="ffc", add_out_act="sigmoid",
+    resnet_conv_kwargs=dict(ratio_gin=0.75, ratio_gout=0.75, enable_lfu=False),
+)
+
 _ATTN_INNER = re.compile(r"^(attn[12])\.attn\.")
 
 
@@ -301,7 +309,6 @@ def load_authors_checkpoint(path, config: Optional[Mapping[str, Any]] = None) ->
     if config is None:
         config = stored
     if config is None:
-        from .presets import PAPER_REFERENCE_CONFIG
         log.warning("%s: no generator config stored; assuming the paper's (configs/ours.yaml)", path)
         config = PAPER_REFERENCE_CONFIG
     model = load_reference(config, generator)
