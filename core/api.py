@@ -35,6 +35,7 @@ from . import color, io
 from . import flow as flowlib
 from .composite import composite, composite_alpha, guidance, network_hole, poisson_fill
 from .fusion import Warped, fuse, match_colour
+from .temporal import chain, same_window
 from .errors import KeypropInputError
 from .roi import ROI, mask_bbox, plan_roi, union_bbox
 from .shot import Shot, expand, plan_keyframes, scan
@@ -65,6 +66,7 @@ class Settings:
     colour_match: bool = True        # match each warped source's exposure to the target
     prealign: bool = True            # pre-align sources by a feature homography before DIS
     gradient_domain: bool = True     # compose the fill in the gradient domain (no seams at the border or between sources)
+    temporal: bool = True            # carry each frame's fill to the next frame of its window (core.temporal)
     threads: Optional[int] = None    # CPU threads for the engine (None = all)
 
     @classmethod
@@ -164,6 +166,7 @@ class ShotFiller:
         # pair with t+1 serves t+1's with t.
         self._dis = _LRU(2 * settings.max_sources)
         self.last_labels: Optional[np.ndarray] = None          # the last fill's source labels (working size)
+        self._previous: Optional[tuple] = None                 # (frame, its fill composed at working size)
 
     def _crop(self, image: np.ndarray) -> np.ndarray:
         """The ROI of a full frame; an ROI-sized array is taken as already cropped."""
@@ -276,7 +279,7 @@ class ShotFiller:
             f, e = self._flow(target_flow, key_flow)
             detail_key = (len(sources), key_plate, f, e) if detail_key is None else detail_key
             sources.append((lambda k=k: self._key_handle(k), f, e, flowlib.warp(key_work, f), e,
-                            abs(k - here) if frame is not None else 0))
+                            abs(k - here) if frame is not None else 0, k))
         use_plate = s.plate_sources or len(key_frames) < 2
         if use_plate and source_candidates and self.source_loader is not None:
             for cand, f, e in self.choose_sources(target_flow, hole, source_candidates,
@@ -288,11 +291,14 @@ class ShotFiller:
                 blend_err = np.where(flowlib.warp(cv2.dilate(src_hole, SOURCE_HOLE_RIM), f) > 0,
                                      flowlib.OUT_OF_FRAME_ERROR, e)
                 sources.append((lambda c=cand: self._plate_handle(c), f, e, flowlib.warp(src, f), blend_err,
-                                abs(cand - here) if frame is not None else 0))
+                                abs(cand - here) if frame is not None else 0, cand))
+        carried = self._carried(frame, target_flow) if s.temporal and s.warp_blend else None
         warps = []
         if s.warp_blend and sources:
-            warps = [Warped(match_colour(w, target, hole, be) if s.colour_match else w, be, dist)
-                     for _, _, _, w, be, dist in sources]
+            warps = [Warped(match_colour(w, target, hole, be) if s.colour_match else w, be, dist, src_frame)
+                     for _, _, _, w, be, dist, src_frame in sources]
+        if carried is not None:
+            warps.append(carried)
         shown = np.zeros(hole.shape, bool)
         for w in warps:
             shown |= w.error < flowlib.OUT_OF_FRAME_ERROR
@@ -309,6 +315,8 @@ class ShotFiller:
             if s.gradient_domain:   # the network's fill meets the plate without an edge too
                 fill = poisson_fill(fill, target, hole)
         self.last_labels = labels
+        self._previous = (frame, np.where(hole[:, :, None] > 0, fill, target).astype(np.float32)) \
+            if frame is not None and s.temporal else None
         fill = roi.to_plate(fill)
         if s.detail and roi.scale < 0.999 and detail_key is not None:
             index, key_plate, f, e = detail_key
@@ -320,6 +328,22 @@ class ShotFiller:
         if self.linear:
             fill = color.to_linear(fill).astype(np.float32)
         return self._composite(pixels, fill, composite_alpha(self._crop(mask), s.dilate, s.feather))
+
+    @property
+    def previous_frame(self) -> Optional[int]:
+        """The frame filled last (its fill is carried to the next frame of its window)."""
+        return self._previous[0] if self._previous is not None else None
+
+    def _carried(self, frame, target_flow) -> Optional[Warped]:
+        """The previous frame's fill as a source of ``frame`` (core.temporal): when it was
+        ``frame - 1``, in the same window; warped along the flow to that frame's plate."""
+        if frame is None or self._previous is None or self.source_loader is None:
+            return None
+        prev, composed = self._previous
+        if prev != frame - 1 or not same_window(prev, frame):
+            return None
+        f, e = self._flow(target_flow, self.plate_frame(prev)[2])
+        return Warped(flowlib.warp(composed, f), e, 1, prev)
 
     def _network_fill(self, target, hole, sources) -> np.ndarray:
         """The network's fill (h, w, 3) at working size from the given sources (or the frame
@@ -536,6 +560,18 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
                             source_loader=load_source) if roi else None
         plate_with_masks = set(mask_frames)
         keys_set = set(key_frames)
+
+        def is_filled(k):
+            """Whether frame ``k`` is one the pipeline fills (on the inputs alone, not the range)."""
+            if k not in plate_with_masks or k in keys_set:
+                return False
+            mask = read_mask_roi(k)
+            return mask is not None and bool((mask > 0).any())
+
+        def fill_one(k, plate, mask):
+            plan = plan_keyframes(k, key_frames, settings.max_keys) if key_frames else []
+            return filler.fill(plate.region(*box), mask, plan, source_candidates(k, plate_with_masks), k)
+
         total, done = len(frames), 0
         for frame in frames:
             # Decode the next frames (next targets, and the next source beyond them) while this
@@ -562,12 +598,17 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
                     status, job = "passthrough", (io.write_frame, out_path, plate)
                     log.info("frame %d: empty mask, plate passed through", frame)
                 else:
+                    if settings.temporal and filler.previous_frame != frame - 1:
+                        # A run starting inside a temporal window (a chunk, a resumed run) first
+                        # fills the frames before this one in its window (not written): their
+                        # fills are carried to this one as they are in a full run.
+                        for earlier in chain(frame, is_filled):
+                            fill_one(earlier, *load(earlier))
                     plan = plan_keyframes(frame, key_frames, settings.max_keys) if key_frames else []
-                    candidates = source_candidates(frame, plate_with_masks)
-                    status = "filled" if plan or candidates else "inpainted"
+                    status = "filled" if plan or source_candidates(frame, plate_with_masks) else "inpainted"
                     if status == "inpainted":
                         log.warning("frame %d: no keyframe and no other frame: filled from its own context", frame)
-                    filled = filler.fill(plate.region(*box), mask, plan, candidates, frame)
+                    filled = fill_one(frame, plate, mask)
                     job = (io.write_frame, out_path, plate, filled, (box[0], box[2]))
             # The write overlaps the next frame's fill; a frame counts as done once written.
             for event in frame_io.submit(job, (frame, status, t0, out_path)):
@@ -642,7 +683,7 @@ def source_candidates(frame: int, available) -> List[int]:
 
 def fill_frames(frames: Sequence[np.ndarray], masks: Sequence[np.ndarray], key_indices: Iterable[int], engine,
                 settings: Optional[Settings] = None, linear: bool = False,
-                debug: Optional[dict] = None) -> List[np.ndarray]:
+                debug: Optional[dict] = None, first: int = 0) -> List[np.ndarray]:
     """Fill a shot held in memory: the same pixels :func:`propagate` writes for it.
 
     Args:
@@ -651,6 +692,8 @@ def fill_frames(frames: Sequence[np.ndarray], masks: Sequence[np.ndarray], key_i
         key_indices: indices of ``frames`` that are clean keyframes (returned unchanged);
             empty: the shot is filled from its own frames.
         engine: from ``core.runtime.create_engine``.
+        first: the frame number of ``frames[0]`` (temporal windows are on frame numbers:
+            the same pixels as a file run needs the same numbers).
         debug: a dict that, when given, receives ``labels``: {index: (H, W) int16} for each
             filled frame, the source that filled each pixel (-1: the network, -2: outside
             the ROI; indices in the order the fill took its sources: keyframes, then plate frames).
@@ -662,16 +705,19 @@ def fill_frames(frames: Sequence[np.ndarray], masks: Sequence[np.ndarray], key_i
     if bbox is None:
         return [f.copy() for f in frames]
     roi = shot_roi(bbox, size, settings, engine.stride)
-    filler = ShotFiller(engine, roi, settings, linear, key_loader=lambda k: frames[k],
-                        source_loader=lambda k: (frames[k], masks[k]))
-    everything = set(range(len(frames)))
+    # Frame numbers (``first`` + index) for everything the pipeline decides by frame.
+    filler = ShotFiller(engine, roi, settings, linear, key_loader=lambda k: frames[k - first],
+                        source_loader=lambda k: (frames[k - first], masks[k - first]))
+    everything = set(range(first, first + len(frames)))
+    keys = [first + k for k in keys]
     out = []
     for i, (pixels, mask) in enumerate(zip(frames, masks)):
-        if i in keys or not (mask > 0).any():
+        frame = first + i
+        if frame in keys or not (mask > 0).any():
             out.append(pixels.copy())
         else:
-            plan = plan_keyframes(i, keys, settings.max_keys) if keys else []
-            out.append(filler.fill(pixels, mask, plan, source_candidates(i, everything), i))
+            plan = plan_keyframes(frame, keys, settings.max_keys) if keys else []
+            out.append(filler.fill(pixels, mask, plan, source_candidates(frame, everything), frame))
             if debug is not None:
                 debug.setdefault("labels", {})[i] = filler.labels_at_plate(mask.shape[:2])
     return out

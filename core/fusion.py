@@ -66,11 +66,14 @@ class Warped:
     """One source in the target's geometry: ``pixels`` (h, w, 3) display-referred, ``error``
     (h, w) forward-backward flow error in working pixels (``flow.OUT_OF_FRAME_ERROR`` where
     the source cannot show the pixel: outside its frame, or in its own hole), ``distance``
-    in frames from the target (0: unknown)."""
+    in frames from the target (0: unknown), ``frame``: the frame it comes from (None:
+    unknown); two sources of one frame (a plate frame and that frame's own fill) are not
+    independent evidence for each other."""
 
     pixels: np.ndarray
     error: np.ndarray
     distance: int = 0
+    frame: Optional[int] = None
 
 
 @dataclass
@@ -159,8 +162,10 @@ def fuse(warps: Sequence[Warped], target: np.ndarray, hole: np.ndarray,
             diff[i, j] = diff[j, i] = _difference(warps[i].pixels, warps[j].pixels)
     if n >= 3:
         for i in range(n):
-            others = [np.where(usable[j], diff[i, j], np.float32(1.0)) for j in range(n) if j != i]
-            cost[i] += CONSENSUS_WEIGHT * np.minimum(np.minimum.reduce(others), CONSENSUS_CAP)
+            others = [np.where(usable[j], diff[i, j], np.float32(1.0)) for j in range(n)
+                      if j != i and (warps[i].frame is None or warps[i].frame != warps[j].frame)]
+            if others:
+                cost[i] += CONSENSUS_WEIGHT * np.minimum(np.minimum.reduce(others), CONSENSUS_CAP)
     for i, w in enumerate(warps):
         cost[i] += DISTANCE_COST * np.log2(1.0 + abs(w.distance))
         cost[i] = cv2.GaussianBlur(cost[i].astype(np.float32), (0, 0), COST_SIGMA)
