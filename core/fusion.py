@@ -47,7 +47,7 @@ SCORE_FLOOR = 0.001
 # Two warped sources whose smoothed mean absolute difference at a pixel is AGREE_LEVEL
 # weigh exp(-1) together of what they would if they agreed: about the difference grain and
 # compression noise leave between two aligned frames, well below misaligned texture.
-AGREE_LEVEL = 0.03
+AGREE_LEVEL = 0.06
 # Weight of the consensus cost (how far a source is from its closest other source), and the
 # difference beyond which disagreeing more costs nothing more: consensus breaks ties the ring
 # cannot (a moving hand inside the hole); it must not outvote a ring that clearly prefers one

@@ -1,0 +1,333 @@
+"""The per-shot filler: one target frame in, its filled ROI out.
+
+:class:`ShotFiller` holds what a shot's frames share (the ROI, the engine, prepared
+keyframes and plate frames, flows) and, per target, orchestrates the pixel decisions that
+live in their own modules::
+
+    plate, mask --crop to ROI--> display-referred [0, 1] --resize--> working size
+    sources: keyframes (nearest before/after, at most max_keys), plate frames that show the
+        hole (choose_sources), the previous frame's fill (core.temporal)
+    --> DIS flow target->source (core.flow: completed in the hole) + consistency error
+    --> warped, exposure-matched sources, weighed per pixel (core.fusion); the network
+        (engine.fill) only where no source shows a hole pixel
+    --> composed in the gradient domain (core.composite.poisson_fill)
+    -> plate size (+ keyframe detail where the keyframe fills and its warp is reliable)
+    -> scene-linear if the plate is -> composited inside the mask only (core.composite)
+"""
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from typing import Callable, Dict, List, Optional, Sequence
+
+import cv2
+import numpy as np
+
+from . import color
+from . import flow as flowlib
+from .composite import composite, composite_alpha, guidance, network_hole, poisson_fill
+from .fusion import Warped, fuse, match_colour
+from .roi import ROI
+from .settings import Settings
+from .temporal import same_window
+
+__all__ = ["ShotFiller", "source_candidates", "SOURCE_OFFSETS", "LRU", "rgb3"]
+
+log = logging.getLogger(__name__)
+
+
+def rgb3(pixels: np.ndarray) -> np.ndarray:
+    """(H, W, C) plate pixels -> (H, W, 3) colour (grey replicated, alpha dropped)."""
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    if pixels.shape[2] == 1:
+        return np.repeat(pixels, 3, axis=2)
+    return pixels[:, :, :3]
+
+
+# Offsets (in frames) at which plate frames are tried as sources: near first, then spread
+# out, so a hole that a moving occluder uncovers slowly still finds its background.
+SOURCE_OFFSETS = (1, -1, 2, -2, 4, -4, 8, -8, 16, -16, 32, -32)
+# A plate source must show at least this share of the target's hole (once aligned).
+MIN_SOURCE_GAIN = 0.02
+# What a plate source cannot show: its own hole and a rim of this many working pixels.
+SOURCE_HOLE_RIM = np.ones((5, 5), np.uint8)
+class LRU(OrderedDict):
+    """A small least-recently-used cache: memory stays bounded however long the shot (every
+    insertion evicts the oldest entries beyond ``size``)."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > self.size:
+            self.popitem(last=False)
+
+    def get_or(self, key, make):
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        value = self[key] = make()
+        return value
+
+
+class ShotFiller:
+    """Fills targets of one shot at one ROI against keyframes encoded once (lazily).
+
+    ``key_loader(frame) -> (H, W, C)`` plate-valued keyframe pixels; ``source_loader(frame)
+    -> (pixels, mask)`` a plate frame and its mask, for shots filled from their own frames;
+    ``linear`` says whether pixel values are scene-linear (converted to display for the
+    network). Loaders may return full frames or their ROI crops (an ROI-sized array is
+    taken as a crop), and :meth:`fill` takes either too: a crop in, the filled crop out.
+    """
+
+    def __init__(self, engine, roi: ROI, settings: Settings, linear: bool,
+                 key_loader: Callable[[int], np.ndarray],
+                 source_loader: Optional[Callable[[int], tuple]] = None):
+        self.engine, self.roi, self.settings, self.linear = engine, roi, settings, linear
+        self.key_loader, self.source_loader = key_loader, source_loader
+        self._keys: Dict[int, tuple] = {}                     # keyframe -> (work RGB, ROI RGB, FlowFrame)
+        self._key_handles: Dict[int, object] = {}             # keyframe -> engine handle (when the network runs)
+        self._plate = LRU(2 * len(SOURCE_OFFSETS) + 2)      # frame -> (work RGB with hole zeroed, hole, FlowFrame)
+        self._encoded = LRU(max(4, settings.max_sources + 2))  # frame -> engine handle
+        # DIS flows both ways between two plate frames, completed in the holes: frame t's
+        # pair with t+1 serves t+1's with t.
+        self._dis = LRU(2 * settings.max_sources)
+        self.last_labels: Optional[np.ndarray] = None          # the last fill's source labels (working size)
+        self._previous: Optional[tuple] = None                 # (frame, its fill composed at working size)
+
+    def _crop(self, image: np.ndarray) -> np.ndarray:
+        """The ROI of a full frame; an ROI-sized array is taken as already cropped."""
+        roi = self.roi
+        return image if image.shape[:2] == (roi.height, roi.width) else roi.crop(image)
+
+    def _display(self, pixels: np.ndarray) -> np.ndarray:
+        rgb = rgb3(pixels).astype(np.float32)
+        rgb = color.to_display(rgb) if self.linear else rgb
+        return np.clip(rgb, 0.0, 1.0).astype(np.float32)
+
+    def _prepare(self, pixels: np.ndarray, mask: np.ndarray):
+        """Plate pixels and mask -> working-size display RGB (hole zeroed) and binary hole."""
+        roi = self.roi
+        hole = (roi.resize_to_work(network_hole(self._crop(mask), self.settings.dilate)) > 0).astype(np.float32)
+        rgb = roi.resize_to_work(self._display(self._crop(pixels))) * (1.0 - hole[:, :, None])
+        return rgb, hole
+
+    @staticmethod
+    def _net_input(rgb: np.ndarray, hole: np.ndarray) -> np.ndarray:
+        return np.concatenate((rgb.transpose(2, 0, 1), hole[None])).astype(np.float32)  # (4, h, w)
+
+    def keyframe(self, frame: int):
+        """(working display RGB, ROI display RGB at plate size, FlowFrame) of a keyframe, cached."""
+        if frame not in self._keys:
+            crop = self._display(self._crop(self.key_loader(frame)))
+            work = self.roi.resize_to_work(crop)
+            # No tag: a keyframe's flows are never asked for the other way round.
+            self._keys[frame] = (work, crop, self._flow_frame(work, None, None))
+        return self._keys[frame]
+
+    def _key_handle(self, frame: int):
+        """The engine's encoding of a keyframe, made the first time the network runs."""
+        if frame not in self._key_handles:
+            work = self.keyframe(frame)[0]
+            self._key_handles[frame] = self.engine.encode_keyframe(
+                self._net_input(work, np.zeros(work.shape[:2], np.float32)))
+            log.debug("encoded keyframe %d at %dx%d", frame, work.shape[1], work.shape[0])
+        return self._key_handles[frame]
+
+    def plate_frame(self, frame: int, load: Optional[Callable[[], tuple]] = None):
+        """A plate frame prepared once, for its use as a source and as the target: (working RGB
+        with its hole zeroed, hole, FlowFrame). ``load() -> (pixels, mask)``; default: the
+        source loader (a target's own pixels and mask must be the loader's)."""
+        def make():
+            rgb, hole = self._prepare(*(load() if load is not None else self.source_loader(frame)))
+            return rgb, hole, self._flow_frame(rgb, hole, ("plate", frame))
+        return self._plate.get_or(frame, make)
+
+    def _flow_frame(self, rgb, hole, tag):
+        return flowlib.FlowFrame(rgb, hole, max(self.roi.work_h, self.roi.work_w), tag)
+
+    def _plate_handle(self, frame: int):
+        return self._encoded.get_or(frame, lambda: self.engine.encode_keyframe(self._net_input(*self.plate_frame(frame)[:2])))
+
+    def _flow(self, target: flowlib.FlowFrame, source: flowlib.FlowFrame):
+        return flowlib.flow_between(target, source, self.settings.prealign, self._dis)
+
+    def choose_sources(self, target: flowlib.FlowFrame, hole, candidates: Sequence[int], limit: int):
+        """Plate frames that show the target's hole once aligned, nearest first then spread out.
+
+        Candidates are tried in the order given (``source_candidates``: +-1, +-2, +-4, ...).
+        Each one's flow maps the target's hole into it; hole pixels landing inside the frame
+        and outside that frame's own hole count as revealed. A candidate is kept when it
+        reveals at least MIN_SOURCE_GAIN of the hole that earlier picks left unrevealed;
+        the search stops at ``limit`` sources or once 98 % of the hole is revealed. Depends
+        only on the inputs. Returns [(frame, flow, error)].
+        """
+        h, w = hole.shape
+        ys, xs = np.nonzero(hole > 0)
+        if ys.size == 0 or limit <= 0:
+            return []
+        chosen, covered = [], np.zeros(ys.size, bool)
+        for cand in candidates:
+            _, src_hole, src_flow = self.plate_frame(cand)
+            f, e = self._flow(target, src_flow)
+            qx = np.rint(xs + f[ys, xs, 0]).astype(int)
+            qy = np.rint(ys + f[ys, xs, 1]).astype(int)
+            inside = (qx >= 0) & (qx < w) & (qy >= 0) & (qy < h)
+            seen = np.zeros(ys.size, bool)
+            seen[inside] = src_hole[qy[inside], qx[inside]] == 0
+            if (seen & ~covered).sum() < MIN_SOURCE_GAIN * ys.size:
+                continue
+            covered |= seen
+            chosen.append((cand, f, e))
+            if len(chosen) >= limit or covered.mean() >= 0.98:
+                break
+        return chosen
+
+    def fill(self, pixels: np.ndarray, mask: np.ndarray, key_frames: Sequence[int],
+             source_candidates: Sequence[int] = (), frame: Optional[int] = None) -> np.ndarray:
+        """Composite the fill into ``pixels`` (H, W, C) where ``mask`` (H, W) says.
+
+        Sources: the given keyframes first, then (``plate_sources``, or fewer than two
+        keyframes) plate frames from ``source_candidates`` chosen by :meth:`choose_sources`,
+        up to ``max_sources`` in all; with none, the frame itself (single-image inpainting).
+        Returns a new array; pixels with zero composite weight are copied unchanged.
+        """
+        roi, s = self.roi, self.settings
+        if frame is not None and self.source_loader is not None:
+            target, hole, target_flow = self.plate_frame(frame, lambda: (pixels, mask))
+        else:
+            target, hole = self._prepare(pixels, mask)
+            target_flow = self._flow_frame(target, hole, None)
+        # Per source: (handle maker, flow, error, warped pixels, error for the blend, distance).
+        sources, detail_key = [], None
+        here = frame if frame is not None else 0
+        for k in key_frames:
+            key_work, key_plate, key_flow = self.keyframe(k)
+            f, e = self._flow(target_flow, key_flow)
+            detail_key = (len(sources), key_plate, f, e) if detail_key is None else detail_key
+            sources.append((lambda k=k: self._key_handle(k), f, e, flowlib.warp(key_work, f), e,
+                            abs(k - here) if frame is not None else 0, k))
+        use_plate = s.plate_sources or len(key_frames) < 2
+        if use_plate and source_candidates and self.source_loader is not None:
+            for cand, f, e in self.choose_sources(target_flow, hole, source_candidates,
+                                                  s.max_sources - len(key_frames)):
+                src, src_hole, _ = self.plate_frame(cand)
+                # Where the source's own hole lands, its warped pixels are no evidence at all, nor
+                # next to it (bilinear samples there mix in the zeroed hole: a dark rim whose
+                # gradients the gradient-domain composite would carry in).
+                blend_err = np.where(flowlib.warp(cv2.dilate(src_hole, SOURCE_HOLE_RIM), f) > 0,
+                                     flowlib.OUT_OF_FRAME_ERROR, e)
+                sources.append((lambda c=cand: self._plate_handle(c), f, e, flowlib.warp(src, f), blend_err,
+                                abs(cand - here) if frame is not None else 0, cand))
+        carried = self._carried(frame, target_flow) if s.temporal and s.warp_blend else None
+        warps = []
+        if s.warp_blend and sources:
+            warps = [Warped(match_colour(w, target, hole, be) if s.colour_match else w, be, dist, src_frame)
+                     for _, _, _, w, be, dist, src_frame in sources]
+        if carried is not None:
+            warps.append(carried)
+        shown = np.zeros(hole.shape, bool)
+        for w in warps:
+            shown |= w.error < flowlib.OUT_OF_FRAME_ERROR
+        # The network runs only where some hole pixel has no source that shows it (elsewhere its
+        # share would be under NETWORK_WEIGHT / (1 + NETWORK_WEIGHT), 0.1 %).
+        network = None if warps and shown[hole > 0].all() else self._network_fill(target, hole, sources)
+        if warps:
+            fused = fuse(warps, target, hole, network)
+            fill, weights, labels = fused.fill, fused.weights, fused.labels
+            if s.gradient_domain:
+                fill = poisson_fill(fill, target, hole, *guidance(fused.sources, weights))
+        else:
+            fill, weights, labels = network, None, np.full(hole.shape, -1, np.int16)
+            if s.gradient_domain:   # the network's fill meets the plate without an edge too
+                fill = poisson_fill(fill, target, hole)
+        self.last_labels = labels
+        self._previous = (frame, np.where(hole[:, :, None] > 0, fill, target).astype(np.float32)) \
+            if frame is not None and s.temporal else None
+        fill = roi.to_plate(fill)
+        if s.detail and roi.scale < 0.999 and detail_key is not None:
+            index, key_plate, f, e = detail_key
+            # The keyframe's detail only where the keyframe is what fills (another source's
+            # region would get the keyframe's texture over its own: a ghost).
+            share = weights[index] if weights is not None else np.ones(hole.shape, np.float32)
+            fill = self._restore_detail(fill, key_plate, f.transpose(2, 0, 1), e, share)
+        fill = np.clip(fill, 0.0, 1.0)
+        if self.linear:
+            fill = color.to_linear(fill).astype(np.float32)
+        return self._composite(pixels, fill, composite_alpha(self._crop(mask), s.dilate, s.feather))
+
+    @property
+    def previous_frame(self) -> Optional[int]:
+        """The frame filled last (its fill is carried to the next frame of its window)."""
+        return self._previous[0] if self._previous is not None else None
+
+    def _carried(self, frame, target_flow) -> Optional[Warped]:
+        """The previous frame's fill as a source of ``frame`` (core.temporal): when it was
+        ``frame - 1``, in the same window; warped along the flow to that frame's plate."""
+        if frame is None or self._previous is None or self.source_loader is None:
+            return None
+        prev, composed = self._previous
+        if prev != frame - 1 or not same_window(prev, frame):
+            return None
+        f, e = self._flow(target_flow, self.plate_frame(prev)[2])
+        return Warped(flowlib.warp(composed, f), e, 1, prev)
+
+    def _network_fill(self, target, hole, sources) -> np.ndarray:
+        """The network's fill (h, w, 3) at working size from the given sources (or the frame
+        itself, holed, when there are none: single-image inpainting)."""
+        net_input = self._net_input(target, hole)
+        if sources:
+            handles = [make() for make, *_ in sources]
+            flows = [f for _, f, *_ in sources]
+            errs = [e for _, _, e, *_ in sources]
+        else:   # the same array: an engine that prefills holes does it once
+            handles = [self.engine.encode_keyframe(net_input)]
+            flows = [np.zeros(hole.shape + (2,), np.float32)]
+            errs = [np.zeros(hole.shape, np.float32)]
+        fill = self.engine.fill(net_input, handles,
+                                np.stack([f.transpose(2, 0, 1) for f in flows]),
+                                np.stack([e[None] for e in errs]))  # (3, h, w)
+        return np.ascontiguousarray(fill.transpose(1, 2, 0))
+
+    def _restore_detail(self, fill, key_plate, flow_work, err_work, share=None):
+        """Add the nearest keyframe's high frequencies, warped at plate resolution, where flow
+        agrees (and, given ``share`` (h, w) at working size, in proportion to it)."""
+        roi = self.roi
+        flow_plate = roi.flow_to_plate(np.ascontiguousarray(flow_work.transpose(1, 2, 0)))
+        warped = flowlib.warp(key_plate, flow_plate)
+        # High frequencies above what the working size kept, per axis (an axis not reduced
+        # lost nothing: no blur along it).
+        # (A sigma of 1e-6 makes OpenCV's kernel one tap wide: the identity.)
+        sx, sy = (0.6 / s if s < 0.999 else 1e-6 for s in (roi.scale_x, roi.scale_y))
+        detail = warped - cv2.GaussianBlur(warped, (0, 0), sx, sigmaY=sy)
+        # Error in working pixels; resized linearly (cubic rings below 0 next to large errors).
+        err = cv2.resize(np.clip(err_work, 0, 50).astype(np.float32), (roi.width, roi.height),
+                         interpolation=cv2.INTER_LINEAR)
+        reliable = np.exp(-err)
+        if share is not None:
+            reliable = reliable * cv2.resize(share.astype(np.float32), (roi.width, roi.height),
+                                             interpolation=cv2.INTER_LINEAR)
+        return fill + reliable[:, :, None] * detail
+
+    def _composite(self, pixels, fill, alpha):
+        roi = self.roi
+        inside = pixels.shape[:2] == (roi.height, roi.width)
+        return composite(pixels, fill, alpha, (0, 0) if inside else (roi.y0, roi.x0))
+
+    def labels_at_plate(self, shape) -> np.ndarray:
+        """The last fill's source labels (see :class:`fusion.Fusion`) in a frame of ``shape``
+        (H, W) at plate size: -2 outside the ROI."""
+        roi = self.roi
+        out = np.full(shape, -2, np.int16)
+        region = out if shape == (roi.height, roi.width) else out[roi.y0:roi.y1, roi.x0:roi.x1]
+        region[...] = cv2.resize(self.last_labels, (roi.width, roi.height), interpolation=cv2.INTER_NEAREST)
+        return out
+
+
+def source_candidates(frame: int, available) -> List[int]:
+    """Plate frames to try as sources for ``frame``, nearest first then spread out."""
+    return [frame + d for d in SOURCE_OFFSETS if frame + d in available]
