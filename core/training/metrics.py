@@ -1,16 +1,19 @@
-"""In-mask quality figures: PSNR, SSIM and flicker, on display-referred [0, 1] images.
+"""In-mask quality figures: PSNR, SSIM, flicker and seam, on display-referred [0, 1] images.
 
 "In-mask" means over the pixels to fill only: outside the mask every method returns the
-plate, which would dilute every difference.
+plate, which would dilute every difference. The seam figure looks at the band around the
+mask's edge instead (and at the edges between sources inside the fill), where a fill that
+is right on average can still show as a visible line.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 
-__all__ = ["psnr_in_mask", "ssim_map", "ssim_in_mask", "flicker"]
+__all__ = ["psnr_in_mask", "ssim_map", "ssim_in_mask", "flicker", "gradient_error", "border_band",
+           "internal_band", "seam", "seam_shot"]
 
 _C1, _C2 = 0.01 ** 2, 0.03 ** 2
 
@@ -67,3 +70,90 @@ def flicker(preds: Sequence[np.ndarray], truths: Sequence[np.ndarray], masks: Se
         d_true = np.abs(np.asarray(truths[t], np.float64) - truths[t - 1])[hole].mean()
         values.append(abs(d_pred - d_true))
     return float(np.mean(values)) if values else float("nan")
+
+
+
+def gradient_error(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Per-pixel ``|grad pred - grad truth|`` x 100: forward differences in x and y (0 past the
+    last column / row), absolute error averaged over the two directions and the channels."""
+    pred, truth = np.asarray(pred, np.float64), np.asarray(truth, np.float64)
+    if pred.ndim == 2:
+        pred, truth = pred[:, :, None], truth[:, :, None]
+    err = np.zeros(pred.shape, np.float64)
+    d = pred - truth
+    err[:, :-1] += np.abs(d[:, 1:] - d[:, :-1])     # |dx pred - dx truth| = |dx (pred - truth)|
+    err[:-1, :] += np.abs(d[1:, :] - d[:-1, :])
+    return 100.0 * err.mean(axis=2) / 2.0
+
+
+def _disk(radius: int) -> np.ndarray:
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+
+
+def border_band(mask: np.ndarray, radius: int = 2) -> np.ndarray:
+    """Pixels within ``radius`` px of the boundary between mask and non-mask, on both sides
+    (the frame's own edge is no boundary)."""
+    hole = _hole(mask).astype(np.uint8)
+    k = _disk(radius)
+    return cv2.dilate(hole, k) > cv2.erode(hole, k)
+
+
+def internal_band(labels: np.ndarray, mask: Optional[np.ndarray] = None, radius: int = 2) -> np.ndarray:
+    """Pixels of the fill within ``radius`` px of a pixel that came from another source.
+
+    ``labels``: (H, W) ints, which source each fill pixel came from. Without ``mask``, the
+    fill is where labels >= 0 (-1 outside). With ``mask``, the fill is the hole, and every
+    label value >= -1 there counts as a source of its own (keyprop's ``fill_frames(debug=)``
+    labels -1 the pixels the network filled, where no warped source showed; values below
+    -1, such as its -2 outside the ROI, are ignored).
+    """
+    labels = np.asarray(labels)
+    inside = labels >= 0 if mask is None else (labels >= -1) & _hole(mask)
+    band = np.zeros(labels.shape, bool)
+    values = np.unique(labels[inside])
+    if values.size < 2:
+        return band
+    k = _disk(radius)
+    for v in values:
+        this = inside & (labels == v)
+        others = (inside & ~this).astype(np.uint8)
+        band |= this & (cv2.dilate(others, k) > 0)
+    return band
+
+
+def seam(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray, labels: Optional[np.ndarray] = None,
+         radius: int = 2) -> Tuple[float, float]:
+    """Seam figures of one frame: ``(border, internal)``.
+
+    - border: mean of :func:`gradient_error` (``|grad fill - grad truth|``, forward
+      differences in x and y, L1 averaged over x/y and channels, display-referred x 100)
+      over the pixels within ``radius`` (2) px of the mask's boundary, both sides. 0 for a
+      fill whose edge continues the truth's; a fill offset by a constant inside the mask
+      scores the offset's step there. nan for an empty mask.
+    - internal: the same gradient error over the pixels within ``radius`` px of the
+      boundaries between sources inside the hole, given ``labels`` ((H, W) ints, which source
+      each hole pixel came from; see :func:`internal_band`). nan without labels or without
+      such a boundary.
+    """
+    if not _hole(mask).any():
+        return float("nan"), float("nan")
+    err = gradient_error(pred, truth)
+    border = float(err[border_band(mask, radius)].mean())
+    internal = float("nan")
+    if labels is not None:
+        band = internal_band(labels, mask, radius)
+        if band.any():
+            internal = float(err[band].mean())
+    return border, internal
+
+
+def seam_shot(preds: Sequence[np.ndarray], truths: Sequence[np.ndarray], masks: Sequence[np.ndarray],
+              labels: Optional[Sequence[Optional[np.ndarray]]] = None) -> Tuple[float, float]:
+    """:func:`seam` averaged over the frames (nan-aware): ``(border, internal)``;
+    ``labels``: one label map (or None) per frame, or None."""
+    values = [seam(p, t, m, None if labels is None else labels[i])
+              for i, (p, t, m) in enumerate(zip(preds, truths, masks))]
+    border = [b for b, _ in values if np.isfinite(b)]
+    internal = [v for _, v in values if np.isfinite(v)]
+    return (float(np.mean(border)) if border else float("nan"),
+            float(np.mean(internal)) if internal else float("nan"))
