@@ -233,20 +233,25 @@ class ShotFiller:
         shown = np.zeros(hole.shape, bool)
         for w in warps:
             shown |= w.error < flowlib.OUT_OF_FRAME_ERROR
-        # The network runs only where some hole pixel has no source that shows it (elsewhere its
-        # share would be under NETWORK_WEIGHT / (1 + NETWORK_WEIGHT), 0.1 %).
+        # The network runs only where some hole pixel has no source that shows it; its fill then
+        # competes with the sources near the hole's border (core.fusion's context candidate).
         network = None if warps and shown[hole > 0].all() else self._network_fill(target, hole, sources)
+        # Where the fill is seen (the composite's reach, at working size), and the plate there
+        # unzeroed: the gradient-domain solve meets the plate exactly where the composite does.
+        alpha = composite_alpha(self._crop(mask), s.dilate, s.feather)
+        region = roi.resize_to_work(alpha) > 0
+        plate_work = roi.resize_to_work(self._display(self._crop(pixels)))
         if warps:
             fused = fuse(warps, target, hole, network)
             fill, weights, labels = fused.fill, fused.weights, fused.labels
             if s.gradient_domain:
-                fill = poisson_fill(fill, target, hole, *guidance(fused.sources, weights))
+                fill = poisson_fill(fill, plate_work, region, *guidance(fused.sources, weights))
         else:
             fill, weights, labels = network, None, np.full(hole.shape, -1, np.int16)
             if s.gradient_domain:   # the network's fill meets the plate without an edge too
-                fill = poisson_fill(fill, target, hole)
+                fill = poisson_fill(fill, plate_work, region)
         self.last_labels = labels
-        self._previous = (frame, np.where(hole[:, :, None] > 0, fill, target).astype(np.float32)) \
+        self._previous = (frame, np.where(region[:, :, None], fill, plate_work).astype(np.float32)) \
             if frame is not None and s.temporal else None
         fill = roi.to_plate(fill)
         if s.detail and roi.scale < 0.999 and detail_key is not None:
@@ -258,7 +263,7 @@ class ShotFiller:
         fill = np.clip(fill, 0.0, 1.0)
         if self.linear:
             fill = color.to_linear(fill).astype(np.float32)
-        return self._composite(pixels, fill, composite_alpha(self._crop(mask), s.dilate, s.feather))
+        return self._composite(pixels, fill, alpha)
 
     @property
     def previous_frame(self) -> Optional[int]:

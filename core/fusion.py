@@ -13,6 +13,10 @@ error. This module decides, per hole pixel, how much each source counts, from ev
 * **time**: a near frame has seen the scene as it is now; a far keyframe may show walkers
   that have since moved. A small cost per doubling of the frame distance breaks ties.
 
+Where the network ran (a hole pixel no source shows), its fill is one more candidate, the
+*context*: its cost grows with the depth into the hole, so it takes what no source shows and
+competes next to the plate, where the surroundings predict the hole well.
+
 The costs are smoothed so each source takes coherent regions, then turned into weights:
 the best source dominates, and another source is mixed in only where it *agrees* with the
 best one (grain and compression noise average out; misaligned content is never averaged,
@@ -32,12 +36,13 @@ import numpy as np
 
 from . import flow as flowlib
 
-__all__ = ["Warped", "Fusion", "match_colour", "source_score", "fuse", "MAX_FLOW_ERROR_PX", "NETWORK_WEIGHT"]
+__all__ = ["Warped", "Fusion", "match_colour", "source_score", "fuse", "MAX_FLOW_ERROR_PX", "CONTEXT_COST"]
 
 # Forward-backward flow error (working pixels) beyond which a known pixel counts as a mismatch.
 MAX_FLOW_ERROR_PX = 20.0
-# Weight of the network's own fill against the warped sources (each weighs up to 1).
-NETWORK_WEIGHT = 0.001
+# Cost (display units) per working pixel of depth into the hole of the context fill (the hole
+# filled from its surroundings): 0.01 makes a source whose ring matches to 0.03 win from 3 px in.
+CONTEXT_COST = 0.01
 # Width (working pixels) of the ring around the hole on which colour is matched.
 RING_PX = 12
 # A source whose cost exceeds the best one's by SCORE_TEMPERATURE * best + SCORE_FLOOR
@@ -78,9 +83,9 @@ class Warped:
 
 @dataclass
 class Fusion:
-    """The fused fill (h, w, 3), the weight of each source per pixel (normalised, the
-    network's last when it took part), and ``labels`` (h, w) int16: the source with the
-    largest weight (-1: the network)."""
+    """The fused fill (h, w, 3), the candidates (the sources, then the context fill when
+    given) with their weights per pixel (normalised), and ``labels`` (h, w) int16: the
+    source of least cost (-1: the context fill)."""
 
     fill: np.ndarray
     sources: List[np.ndarray]
@@ -138,17 +143,28 @@ def _difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return cv2.GaussianBlur(np.abs(a - b).mean(axis=2).astype(np.float32), (0, 0), AGREE_SIGMA)
 
 
+def _smooth_over(values: np.ndarray, where: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian smoothing of ``values`` over the pixels ``where`` only (normalised)."""
+    w = where.astype(np.float32)
+    num = cv2.GaussianBlur((values * w).astype(np.float32), (0, 0), sigma)
+    den = cv2.GaussianBlur(w, (0, 0), sigma)
+    return np.where(where, num / np.maximum(den, 1e-6), values).astype(np.float32)
+
+
 def fuse(warps: Sequence[Warped], target: np.ndarray, hole: np.ndarray,
-         network: Optional[np.ndarray] = None) -> Fusion:
-    """Per-pixel mix of the warped sources (and the network's fill where no source shows
-    the hole): see the module docstring.
+         context: Optional[np.ndarray] = None) -> Fusion:
+    """Per-pixel mix of the warped sources and the context fill: see the module docstring.
 
     Args:
         warps: the sources, each already exposure-matched (:func:`match_colour`).
         target: (h, w, 3) the target, its hole zeroed (only its known pixels are read).
         hole: (h, w) 0/1 working-size hole.
-        network: (h, w, 3) the network's fill, or None (then every hole pixel that matters
-            must have a usable source; pixels with none come out 0).
+        context: (h, w, 3) the hole filled from its own surroundings (the network's fill, where
+            it ran), or None. It is a candidate everywhere, at a cost that grows
+            with the depth into the hole (CONTEXT_COST per working pixel): next to the plate
+            the surroundings predict the hole better than any misaligned source (a thin wire);
+            deep inside, a source that matched around the hole wins. Where no source shows a
+            pixel it is all there is. Without it, pixels no source shows come out 0.
     """
     n = len(warps)
     scored = [source_score(w.pixels, target, hole, w.error) for w in warps]
@@ -168,31 +184,40 @@ def fuse(warps: Sequence[Warped], target: np.ndarray, hole: np.ndarray,
                 cost[i] += CONSENSUS_WEIGHT * np.minimum(np.minimum.reduce(others), CONSENSUS_CAP)
     for i, w in enumerate(warps):
         cost[i] += DISTANCE_COST * np.log2(1.0 + abs(w.distance))
-        cost[i] = cv2.GaussianBlur(cost[i].astype(np.float32), (0, 0), COST_SIGMA)
-    costs = np.stack([np.where(u, c, np.inf) for c, u in zip(cost, usable)])   # (n, h, w)
+        # Smoothed over where the source is usable: its costs elsewhere say nothing here.
+        cost[i] = _smooth_over(cost[i], usable[i], COST_SIGMA)
+    sources = [w.pixels for w in warps]
+    if context is not None:
+        depth = cv2.distanceTransform((hole > 0).astype(np.uint8), cv2.DIST_L2, 3)
+        for i in range(n):
+            diff[i, n] = diff[n, i] = _difference(warps[i].pixels, context)
+        sources.append(context)
+        usable.append(np.ones(hole.shape, bool))
+        # What a source with no other source agreeing pays, plus the depth: the context is
+        # compared with the sources on the evidence of the ring, not on their consensus.
+        lonely = CONSENSUS_WEIGHT * CONSENSUS_CAP if n >= 3 else 0.0
+        cost.append((CONTEXT_COST * depth + lonely + DISTANCE_COST).astype(np.float32))
+    m = len(sources)
+    costs = np.stack([np.where(u, c, np.inf) for c, u in zip(cost, usable)])   # (m, h, w)
     best_index = np.argmin(costs, axis=0)
     best = np.min(costs, axis=0)
     shown = np.isfinite(best)
     base = np.where(shown, best, 0.0).astype(np.float32)
     temperature = SCORE_TEMPERATURE * base + SCORE_FLOOR
     weights = []
-    for i in range(n):
-        # Disagreement with the best source at each pixel (zero where it is the best).
+    for i in range(m):
+        # Disagreement with the best candidate at each pixel (zero where it is the best).
         gap = np.zeros(hole.shape, np.float32)
-        for j in range(n):
+        for j in range(m):
             if j != i:
                 gap = np.where(best_index == j, diff[i, j], gap)
         gate = np.exp(-(gap / AGREE_LEVEL) ** 2)
         wgt = np.where(usable[i], np.exp(-(cost[i] - base) / temperature) * gate, 0.0)
         weights.append(wgt.astype(np.float32))
-    sources = [w.pixels for w in warps]
-    if network is not None:
-        sources.append(network)
-        weights.append(np.full(hole.shape, NETWORK_WEIGHT, np.float32))
     total = np.maximum(np.sum(weights, axis=0), 1e-12)
     weights = [w / total for w in weights]
     fill = np.zeros(target.shape[:2] + (3,), np.float32)
     for src, wgt in zip(sources, weights):
         fill += wgt[:, :, None] * src
-    labels = np.where(shown, best_index, -1).astype(np.int16)
+    labels = np.where(shown & (best_index < n), best_index, -1).astype(np.int16)
     return Fusion(fill, sources, weights, labels)

@@ -4,7 +4,7 @@ import numpy as np
 
 from keyprop.core.api import Settings, fill_frames
 from keyprop.core.flow import OUT_OF_FRAME_ERROR
-from keyprop.core.fusion import NETWORK_WEIGHT, Warped, fuse, match_colour, source_score
+from keyprop.core.fusion import Warped, fuse, match_colour, source_score
 from keyprop.core.runtime import create_engine
 
 
@@ -58,7 +58,6 @@ def test_best_matching_source_dominates_and_network_fills_what_none_shows():
     fused = fuse([Warped(bad, gone)], target, hole, net)
     np.testing.assert_allclose(fused.fill, net, atol=1e-6)
     assert (fused.labels == -1).all()
-    assert NETWORK_WEIGHT < 0.01
     # source_score: low where the source matches, usable where the flow stays in frame.
     score, usable = source_score(good, target, hole, zero_err)
     assert usable.all() and score[inside].max() < 0.01
