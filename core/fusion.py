@@ -11,7 +11,8 @@ error. This module decides, per hole pixel, how much each source counts, from ev
   content); a source that disagrees with every other one there is suspect. This is
   evidence from inside the hole, where the ring says nothing about a moving hand;
 * **time**: a near frame has seen the scene as it is now; a far keyframe may show walkers
-  that have since moved. A small cost per doubling of the frame distance breaks ties.
+  that have since moved (consensus is what outvotes them: near frames agree with each
+  other). A small cost per doubling of the frame distance breaks exact ties.
 
 Where the network ran (a hole pixel no source shows), its fill is one more candidate, the
 *context*: its cost grows with the depth into the hole, so it takes what no source shows and
@@ -59,8 +60,10 @@ AGREE_LEVEL = 0.06
 # source (two keyframes can agree with each other because they share one wrong flow).
 CONSENSUS_WEIGHT = 0.5
 CONSENSUS_CAP = 2 * AGREE_LEVEL
-# Cost per doubling of the frame distance between source and target (display units).
-DISTANCE_COST = 0.004
+# Cost per doubling of the frame distance between source and target (display units): a tie
+# breaker. 0.004 measured no better on the real clips (27.24 / 25.18 dB against 27.30 / 25.16
+# at 0) and 1.4 dB worse on the synthetic exposure shot, whose far keyframes are exact.
+DISTANCE_COST = 0.001
 # Smoothing (working pixels) of the per-pixel differences and of the costs.
 AGREE_SIGMA = 1.5
 COST_SIGMA = 3.0
