@@ -202,7 +202,7 @@ class ShotFiller:
         else:
             target, hole = self._prepare(pixels, mask)
             target_flow = self._flow_frame(target, hole, None)
-        # Per source: (handle maker, flow, error, warped pixels, error for the blend, distance).
+        # Per source: (handle maker, flow, error, warped pixels, error for the blend, distance, frame).
         sources, detail_key = [], None
         here = frame if frame is not None else 0
         for k in key_frames:
