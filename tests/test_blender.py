@@ -1,14 +1,21 @@
-"""The Blender extension against the real bpy wheel (Blender 5.0 as a Python module, headless).
+"""The Blender extension against the real bpy wheels (Blender as a Python module, headless).
 
 Each Blender session is a subprocess (a fresh Blender, as an artist's would be); keyprop's
 side runs in this process or as the CLI. Nothing here skips: if bpy cannot import, these
-tests fail, so CI notices.
+tests fail, so CI notices. The Blender is whichever bpy this Python has: the dev environment
+holds 5.0.1, and ``tools/blender_envs.py test 4.2 4.5`` runs this file in an environment per
+Blender line (4.2 LTS, 4.5 LTS, 5.0), which is what CI does.
+
+Every child process runs under a wall-clock limit that kills its whole process group, and
+every Blender script leaves nothing registered at exit: bpy 4.2 segfaults and 4.5 hangs
+when an Operator or Panel class is still registered as the interpreter ends.
 """
 from __future__ import annotations
 
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -30,6 +37,19 @@ PY = sys.executable
 H, W, N = 48, 64, 5
 
 
+def _bpy_dir():
+    spec = importlib.util.find_spec("bpy")
+    return Path(spec.origin).parent if spec and spec.origin else None
+
+
+def blender_line():
+    """The bpy wheel's Blender line ("4.2", "5.0"), from its scripts folder (no Blender started)."""
+    folder = _bpy_dir()
+    found = sorted(p.name for p in folder.iterdir() if re.fullmatch(r"\d+\.\d+", p.name)) if folder else []
+    assert len(found) == 1, f"bpy is not installed in {PY} (or holds several versions: {found})"
+    return found[0]
+
+
 def _load(name):
     """A plain-Python module of the extension, without importing the package (which needs bpy)."""
     spec = importlib.util.spec_from_file_location(f"kp_blender_{name}", PLUGIN / f"{name}.py")
@@ -39,14 +59,50 @@ def _load(name):
     return module
 
 
+def run_child(cmd, timeout, **kwargs) -> subprocess.CompletedProcess:
+    """``subprocess.run`` whose timeout kills the child's whole process group (Blender, its workers)."""
+    proc = subprocess.Popen(list(map(str, cmd)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, **kwargs)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{' '.join(map(str, cmd))} ran past {timeout} s and was killed:\n{out[-2000:]}\n{err[-2000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+# Prepended to every Blender script: whatever the script leaves registered (a failed assert
+# skips its unregister) is unregistered before bpy's own exit handler runs (atexit runs the
+# last registered first), so a failing script fails instead of segfaulting (4.2) or hanging (4.5).
+PRELUDE = """\
+import atexit as _atexit, sys as _sys
+import bpy as _bpy
+
+
+def _keyprop_unregister_at_exit():
+    import addon_utils
+    for _name in [a.module for a in _bpy.context.preferences.addons if "keyprop" in a.module]:
+        try:
+            addon_utils.disable(_name)
+        except Exception as _exc:
+            print("keyprop test: could not disable", _name, _exc)
+    _plain = _sys.modules.get("keyprop.plugin.blender")
+    if _plain is not None and hasattr(_bpy.types, "KEYPROP_OT_propagate"):
+        _plain.unregister()
+
+
+_atexit.register(_keyprop_unregister_at_exit)
+"""
+
+
 def blender(script: str, tmp: Path, *args, env=None, check=True, timeout=240) -> subprocess.CompletedProcess:
     """Run ``script`` in a fresh headless Blender (bpy) with its own user folders under ``tmp``."""
     path = tmp / f"script_{abs(hash(script))}.py"
-    path.write_text(textwrap.dedent(script))
+    path.write_text(PRELUDE + textwrap.dedent(script))
     full_env = {**os.environ, "BLENDER_USER_RESOURCES": str(tmp / "blender_user"), "PYTHONUNBUFFERED": "1",
                 **(env or {})}
-    proc = subprocess.run([PY, str(path), *map(str, args)], capture_output=True, text=True, env=full_env,
-                          timeout=timeout)
+    proc = run_child([PY, path, *args], timeout, env=full_env)
     if check:
         assert proc.returncode == 0, f"blender script failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n" \
                                      f"{proc.stderr[-3000:]}"
@@ -86,10 +142,9 @@ def shot(tmp_path_factory):
 def cli_fill(shot):
     out = shot / "cli"
     out.mkdir()
-    proc = subprocess.run([PY, "-m", "keyprop.cli", "run", "--plate", shot / "shot/plate.####.exr",
-                           "--mask", shot / "shot/mask.####.png", "--keys", shot / "shot/keys.####.exr",
-                           "--out", out / "fill.####.exr", "--model", shot / "test.pt", "--progress", "none"],
-                          capture_output=True, text=True)
+    proc = run_child([PY, "-m", "keyprop.cli", "run", "--plate", shot / "shot/plate.####.exr",
+                      "--mask", shot / "shot/mask.####.png", "--keys", shot / "shot/keys.####.exr",
+                      "--out", out / "fill.####.exr", "--model", shot / "test.pt", "--progress", "none"], 300)
     assert proc.returncode == 0, proc.stderr
     return out / "fill.####.exr"
 
@@ -132,13 +187,11 @@ def test_job_errors_are_one_line(tmp_path, mode):
     assert "no plate frames found" in job.message
 
 
-VALIDATE = Path(importlib.util.find_spec("bpy").origin).parent / \
-    "5.0/scripts/addons_core/bl_pkg/cli/blender_ext.py" if importlib.util.find_spec("bpy") else None
-
-
 def test_manifest_validates():
-    assert VALIDATE is not None and VALIDATE.is_file(), "bpy (Blender 5.0.1) is not installed: pip install bpy==5.0.1"
-    proc = subprocess.run([PY, str(VALIDATE), "validate", str(PLUGIN)], capture_output=True, text=True)
+    """Blender's own extension validator (the one `blender --command extension validate` runs)."""
+    validate = _bpy_dir() / blender_line() / "scripts/addons_core/bl_pkg/cli/blender_ext.py"
+    assert validate.is_file(), f"no extension validator in this bpy: {validate}"
+    proc = run_child([PY, validate, "validate", PLUGIN], 120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     manifest = (PLUGIN / "blender_manifest.toml").read_text()
     assert 'blender_version_min = "4.2.0"' in manifest and "[permissions]" in manifest
@@ -204,6 +257,8 @@ def test_legacy_addon_zip_installs(tmp_path):
 
 FAKE_BLENDER = """#!/bin/sh
 # Stands in for the `blender` binary: Blender as a Python module, for --version and --python-expr.
+# A real Blender exits cleanly with the extension enabled; bpy 4.2/4.5 as a module does not
+# (segfault / hang), so the stand-in disables what is enabled before it ends, as Blender would.
 exec {py} - "$@" <<'PY'
 import sys
 args = sys.argv[1:]
@@ -211,16 +266,28 @@ import bpy
 if "--version" in args:
     print("Blender", bpy.app.version_string)
     sys.exit(0)
-exec(args[args.index("--python-expr") + 1])
+try:
+    exec(args[args.index("--python-expr") + 1])
+finally:
+    import addon_utils
+    for name in [a.module for a in bpy.context.preferences.addons if "keyprop" in a.module]:
+        addon_utils.disable(name)
 PY
 """
 
+# A fresh Blender finds the installed extension where install.py put it. The saved preferences
+# are read back where bpy can: `wm.read_userpref` segfaults in bpy 4.2.23 (whatever is
+# installed), so there the test looks for the add-on's name in userpref.blend instead.
 CHECK_INSTALLED = """
-import bpy, sys
-bpy.ops.wm.read_userpref()
-assert "bl_ext.user_default.keyprop" in bpy.context.preferences.addons, [a.module for a in bpy.context.preferences.addons]
-mod = sys.modules["bl_ext.user_default.keyprop"]
-print("RESULT", __import__("json").dumps({"command": mod.jobs.worker_command()}))
+import bpy, json, sys
+module = "bl_ext.user_default.keyprop"
+if bpy.app.version[:2] != (4, 2):
+    bpy.ops.wm.read_userpref()
+    assert module in bpy.context.preferences.addons, [a.module for a in bpy.context.preferences.addons]
+else:
+    bpy.ops.preferences.addon_enable(module=module)
+mod = sys.modules[module]
+print("RESULT", json.dumps({"command": mod.jobs.worker_command()}))
 """
 
 
@@ -245,6 +312,8 @@ def test_install_py_blender(tmp_path):
     assert again == 0
     config = json.loads((tmp_path / "blender_user/extensions/user_default/keyprop/keyprop_env.json").read_text())
     assert config["python"] == PY
+    assert b"bl_ext.user_default.keyprop" in (tmp_path / "blender_user/config/userpref.blend").read_bytes(), \
+        "the saved preferences do not enable the extension"
     assert last_json(blender(CHECK_INSTALLED, tmp_path))["command"] == [PY, "-m", "keyprop.cli"]
     assert install.install_blender(str(tmp_path / "missing"), Path(PY)) == 2
 
@@ -260,14 +329,18 @@ for mode in ("IN_PROCESS", "WORKER"):
         plate=shot + "/shot/plate.####.exr", mask=shot + "/shot/mask.####.png", keys=shot + "/shot/keys.####.exr",
         out=shot + f"/{mode}/fill.####.exr", model=shot + "/test.pt", mode=mode, threads=1)
     assert result == {"FINISHED"}, result
+from keyprop.plugin.blender import compat
 scene = bpy.context.scene
-tree = scene.compositing_node_group
+tree = compat.compositor_tree(scene, create=False)
 groups = [n for n in tree.nodes if n.bl_idname == "CompositorNodeGroup"]
 inner = groups[-1].node_tree
 image_node = next(n for n in inner.nodes if n.bl_idname == "CompositorNodeImage")
+output = compat.output_socket(tree)
 info = {"groups": len(groups), "inputs": [s.name for s in groups[-1].inputs],
         "outputs": [s.name for s in groups[-1].outputs], "image": image_node.image.filepath,
-        "colorspace": image_node.image.colorspace_settings.name, "linked": groups[0].outputs[0].is_linked}
+        "colorspace": image_node.image.colorspace_settings.name, "linked": groups[0].outputs[0].is_linked,
+        "nodes": sorted(n.bl_idname for n in tree.nodes), "output_from": output.links[0].from_node.name,
+        "chain": [(l.from_node.name, l.to_node.name, l.to_socket.name) for l in tree.links]}
 addon.unregister()
 bpy.ops.wm.save_mainfile()
 print("RESULT", json.dumps(info))
@@ -297,6 +370,21 @@ def test_operator_adds_a_plain_node_group(operator_run):
     assert info["colorspace"] == "Linear Rec.709" and info["linked"]
 
 
+def test_fresh_compositor_holds_the_fill_at_its_output(operator_run):
+    """A scene without a compositor: the one keyprop makes feeds the output from the fill alone.
+
+    On 4.x, switching compositing nodes on makes Blender wire Render Layers to the Composite
+    (4.5 also adds a Reroute and a Viewer); keyprop drops those, so the output is the fill's
+    and no 3D render runs under it. The second run (WORKER) goes between the first and the output.
+    """
+    info, _ = operator_run
+    output = "Composite" if "CompositorNodeComposite" in info["nodes"] else "Group Output"
+    assert info["nodes"] == sorted(["CompositorNodeGroup", "CompositorNodeGroup",
+                                    "CompositorNodeComposite" if output == "Composite" else "NodeGroupOutput"])
+    first, second = "keyprop fill", "keyprop fill.001"
+    assert sorted(info["chain"]) == sorted([[first, second, "Plate"], [second, output, "Image"]]), info["chain"]
+
+
 RENDER = """
 import bpy, json, sys
 blend, out = sys.argv[1], sys.argv[2]
@@ -323,6 +411,298 @@ def test_compositor_group_renders_without_the_addon(shot, cli_fill, operator_run
         expected = io.read_image(core_expand(cli_fill, frame)).pixels
         assert rendered.shape == expected.shape
         np.testing.assert_allclose(rendered, expected, rtol=0, atol=1e-6)
+
+
+USER_COMPOSITOR = """
+import bpy, json, sys
+import keyprop.plugin.blender as addon
+from keyprop.plugin.blender import compat, compositor
+from keyprop.plugin.blender.sources import Source
+shot, tmp = sys.argv[1], sys.argv[2]
+addon.register()
+bpy.ops.wm.save_as_mainfile(filepath=tmp + "/user.blend")
+
+
+def users_compositor(scene):
+    # As the artist left it: 4.x "Use Nodes" ticked (Blender wires Render Layers to the Composite,
+    # 4.5 through a Reroute that also feeds a Viewer); 5.0 a new compositing group, Render Layers
+    # to its Group Output.
+    if compat.has_node_group_compositor():
+        tree = bpy.data.node_groups.new(scene.name + " comp", "CompositorNodeTree")
+        tree.interface.new_socket("Image", in_out="OUTPUT", socket_type="NodeSocketColor")
+        out = tree.nodes.new("NodeGroupOutput")
+        scene.compositing_node_group = tree
+        layers = tree.nodes.new("CompositorNodeRLayers")
+        layers.scene = scene
+        tree.links.new(layers.outputs["Image"], out.inputs[0])
+        return tree
+    scene.use_nodes = True
+    return scene.node_tree
+
+
+def wiring(tree):
+    return sorted([l.from_node.name, l.from_socket.name, l.to_node.name, l.to_socket.name] for l in tree.links)
+
+
+def describe(tree):
+    return {"nodes": sorted(n.name for n in tree.nodes), "links": wiring(tree),
+            "output": compat.output_socket(tree).node.name}
+
+
+# A: a plate comp: the plate's Image node through a grade (+1 stop) to the output, and to a Viewer.
+# Render Layers would render the 3D scene under every frame: a plate comp has none.
+scene = bpy.context.scene
+tree = users_compositor(scene)
+for node in [n for n in tree.nodes if n.bl_idname not in ("CompositorNodeComposite", "NodeGroupOutput")]:
+    tree.nodes.remove(node)
+plate = bpy.data.images.load(shot + "/shot/plate.0001.exr")
+plate.name, plate.source = "plate", "SEQUENCE"
+read = tree.nodes.new("CompositorNodeImage")
+read.name, read.image = "plate read", plate
+read.frame_duration, read.frame_start, read.frame_offset = 5, 1, 0
+grade = tree.nodes.new("CompositorNodeExposure")
+grade.name = "grade"
+grade.inputs["Exposure"].default_value = 1.0
+viewer = tree.nodes.new("CompositorNodeViewer")
+viewer.name = "viewer"
+tree.links.new(read.outputs["Image"], grade.inputs["Image"])
+tree.links.new(grade.outputs["Image"], compat.output_socket(tree))
+tree.links.new(read.outputs["Image"], viewer.inputs["Image"])
+before = describe(tree)
+result = bpy.ops.keyprop.propagate(plate_image="plate", mask=shot + "/shot/mask.####.png",
+                                   keys=shot + "/shot/keys.####.exr", out=tmp + "/fill/fill.####.exr",
+                                   model=shot + "/test.pt", mode="IN_PROCESS", threads=1)
+assert result == {"FINISHED"}, result
+after = describe(tree)
+again = bpy.ops.keyprop.propagate(plate_image="plate", mask=shot + "/shot/mask.####.png",
+                                  keys=shot + "/shot/keys.####.exr", out=tmp + "/fill/fill.####.exr",
+                                  model=shot + "/test.pt", mode="IN_PROCESS", threads=1, overwrite=True)
+assert again == {"FINISHED"}, again
+rerun = describe(tree)
+r = scene.render
+r.resolution_x, r.resolution_y, r.resolution_percentage = 64, 48, 100
+settings = r.image_settings
+settings.file_format, settings.color_depth, settings.color_mode = "OPEN_EXR", "32", "RGB"
+for frame in (2, 4):
+    scene.frame_set(frame)
+    r.filepath = tmp + f"/user.{frame:04d}.exr"
+    bpy.ops.render.render(write_still=True)
+result = {"plate comp": {"before": before, "after": after, "rerun": rerun}}
+
+# B: Blender's default compositor (Render Layers to the output), the plate not in it: the fill
+# goes between Render Layers' image and the output. Structure only: a render would render 3D.
+fill = tmp + "/fill/fill.####.exr"
+for name, plate_source in (("default", None), ("clip", "CLIP"), ("files", "FILES")):
+    other = bpy.data.scenes.new(name)
+    tree = users_compositor(other)
+    if plate_source == "CLIP":   # C: a Movie Clip node on the plate feeds the output
+        clip = bpy.data.movieclips.load(shot + "/shot/plate.0001.exr")
+        node = tree.nodes.new("CompositorNodeMovieClip")
+        node.name, node.clip = "plate clip", clip
+        tree.links.new(node.outputs["Image"], compat.output_socket(tree))
+        source = Source("CLIP", clip.name)
+    elif plate_source == "FILES":  # D: an Image node on the plate's files feeds a grade
+        image = bpy.data.images.load(shot + "/shot/plate.0003.exr")
+        node = tree.nodes.new("CompositorNodeImage")
+        node.name, node.image = "plate files", image
+        grade = tree.nodes.new("CompositorNodeExposure")
+        grade.name = "grade"
+        tree.links.new(node.outputs["Image"], grade.inputs["Image"])
+        tree.links.new(grade.outputs["Image"], compat.output_socket(tree))
+        source = Source("FILES", pattern=shot + "/shot/plate.%04d.exr")
+    else:
+        source = None
+    before = describe(tree)
+    compositor.add_result(other, fill, 1, 5, True, "fill", plate=source)
+    result[name] = {"before": before, "after": describe(tree)}
+addon.unregister()
+print("RESULT", json.dumps(result))
+"""
+
+
+def _keyprop_node(description):
+    names = [n for n in description["nodes"] if n.startswith("keyprop")]
+    assert len(names) == 1, description["nodes"]
+    return names[0]
+
+
+def _links_without(description, node):
+    return [link for link in description["links"] if node not in (link[0], link[2])]
+
+
+@pytest.fixture(scope="module")
+def users_compositor(shot, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("blender_user_comp")
+    return last_json(blender(USER_COMPOSITOR, tmp, shot, tmp)), tmp
+
+
+def test_fill_goes_after_the_plate_in_the_users_compositor(users_compositor):
+    """The artist's nodes stay; the fill takes the plate's place, so their grade applies to it."""
+    result, _ = users_compositor
+    case = result["plate comp"]
+    before, after = case["before"], case["after"]
+    fill = _keyprop_node(after)
+    assert set(before["nodes"]) < set(after["nodes"]) and after["output"] == before["output"]
+    kept = [link for link in before["links"] if link[0] != "plate read"]
+    assert sorted(kept + [["plate read", "Image", fill, "Plate"], [fill, "Image", "grade", "Image"],
+                          [fill, "Image", "viewer", "Image"]]) == after["links"]
+    assert case["rerun"] == after, "a second run moved the fill"
+
+
+def test_users_compositor_renders_the_fill(users_compositor):
+    """A real render of the artist's compositor: their +1 stop grade over the written fill frames."""
+    _, tmp = users_compositor
+    for frame in (2, 4):
+        rendered = io.read_image(tmp / f"user.{frame:04d}.exr").pixels
+        fill = io.read_image(tmp / f"fill/fill.{frame:04d}.exr").pixels
+        assert rendered.shape == fill.shape == (H, W, 3)
+        np.testing.assert_allclose(rendered / 2.0, fill, rtol=0, atol=1 / 255)
+
+
+@pytest.mark.parametrize("case", ["default", "clip", "files"])
+def test_fill_placement_in_other_compositors(users_compositor, case):
+    """Blender's default tree: in front of the output. A plate node (clip, files): right after it."""
+    result, _ = users_compositor
+    before, after = result[case]["before"], result[case]["after"]
+    fill = _keyprop_node(after)
+    assert set(before["nodes"]) < set(after["nodes"]) and len(after["nodes"]) == len(before["nodes"]) + 1
+    output = after["output"]
+    if case == "default":
+        feeding = next(link for link in before["links"] if link[2] == output)
+        taken = [feeding[0], feeding[1], fill, "Plate"]
+        assert sorted(_links_without(before, output) + [taken, [fill, "Image", output, feeding[3]]]) \
+            == after["links"]
+    else:
+        plate = {"clip": "plate clip", "files": "plate files"}[case]
+        fed = next(link for link in before["links"] if link[0] == plate)
+        assert sorted([link for link in before["links"] if link[0] != plate]
+                      + [[plate, fed[1], fill, "Plate"], [fill, "Image", fed[2], fed[3]]]) == after["links"]
+
+
+PANELS = """
+import bpy, ctypes, itertools, json, os, sys, traceback
+repo_dir, plugin, shot, report = sys.argv[1:5]
+os.makedirs(repo_dir, exist_ok=True)
+os.symlink(plugin, os.path.join(repo_dir, "keyprop"))
+bpy.context.preferences.extensions.repos.new(name="keyprop dev", module="keyprop_dev",
+                                             custom_directory=repo_dir, source="USER")
+module = "bl_ext.keyprop_dev.keyprop"
+bpy.ops.preferences.addon_enable(module=module)
+addon = sys.modules[module]
+prefs = bpy.context.preferences.addons[module].preferences
+s = bpy.context.scene.keyprop
+clip = bpy.data.movieclips.load(shot + "/shot/plate.0001.exr")
+image = bpy.data.images.load(shot + "/shot/plate.0001.exr")
+mask = bpy.data.masks.new("wire")
+s.keyframes.add().frame = 1
+key = s.keyframes.add()
+key.frame, key.filepath = 5, shot + "/shot/keys.0005.exr"
+
+wm = bpy.context.window_manager
+window = wm.windows[0]
+area = max(window.screen.areas, key=lambda a: a.width * a.height)
+area.type, area.ui_type = "NODE_EDITOR", "CompositorNodeTree"
+region = next(r for r in area.regions if r.type == "WINDOW")
+found = []
+
+
+class Drawn:  # what a Panel's draw() reads of its self
+    def __init__(self, layout):
+        self.layout = layout
+
+
+libc = ctypes.CDLL(None)
+
+
+def mark(text):  # on both streams, in order with Blender's own warnings (C stdio flushed first)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    libc.fflush(None)
+    os.write(1, (text + "\\n").encode())
+    os.write(2, (text + "\\n").encode())
+
+
+def attempt(name, draw):
+    mark("DRAW " + name)
+    try:
+        draw()
+        found.append([name, "ok"])
+    except Exception:
+        found.append([name, traceback.format_exc()])
+
+
+def draw_all(menu, context):
+    # A popup hands this callback a real UILayout; showing the popup afterwards crashes a
+    # headless Blender, so this callback writes the report and ends the process itself.
+    layout = menu.layout
+    try:
+        found.append(["poll main", addon.panels.KEYPROP_PT_main.poll(context)])
+        found.append(["poll settings", addon.panels.KEYPROP_PT_settings.poll(context)])
+        for plate, mask_kind, chosen, running, scene_range in itertools.product(
+                ("CLIP", "IMAGE", "FILES"), ("MASK", "IMAGE", "FILES"), (True, False), (False, True), (True, False)):
+            s.plate_source, s.mask_source = plate, mask_kind
+            s.plate_clip = clip if chosen else None
+            s.plate_image = s.mask_image = image if chosen else None
+            s.mask = mask if chosen else None
+            s.plate_pattern = s.mask_pattern = (shot + "/shot/plate.####.exr") if chosen else ""
+            s.running, s.progress = running, 40.0 if running else 0.0
+            s.status = "frame 3 filled (3/5)" if running else ""
+            s.use_scene_range = scene_range
+            s.keyframe_index = 1 if chosen else 0
+            name = f"main plate={plate} mask={mask_kind} chosen={chosen} running={running} range={scene_range}"
+            attempt(name, lambda: addon.panels.KEYPROP_PT_main.draw(Drawn(layout.column()), context))
+        real_command = addon.jobs.worker_command
+        for mode, command in itertools.product(("AUTO", "IN_PROCESS", "WORKER"), (True, False)):
+            prefs.mode = mode
+            addon.jobs.worker_command = real_command if command else (lambda python="": None)
+
+            def preferences():
+                type(prefs).layout = layout.box()  # as Blender's Preferences > Add-ons draws them
+                try:
+                    prefs.draw(context)
+                finally:
+                    del type(prefs).layout
+            attempt(f"settings mode={mode} worker found={command}",
+                    lambda: addon.panels.KEYPROP_PT_settings.draw(Drawn(layout.column()), context))
+            attempt(f"preferences mode={mode} worker found={command}", preferences)
+        addon.jobs.worker_command = real_command
+        mark("CONTROL")
+        layout.prop(s, "no_such_setting")  # the warning this test looks for must reach it
+        mark("END")
+    except Exception:
+        found.append(["draw_all", traceback.format_exc()])
+    finally:
+        with open(report, "w") as f:
+            json.dump(found, f)
+        libc.fflush(None)
+        os._exit(0)
+
+
+with bpy.context.temp_override(window=window, area=area, region=region):
+    wm.popup_menu(draw_all, title="keyprop")
+print("the popup never drew")
+"""
+
+DRAW_WARNING = re.compile(r"property not found|unknown operator|not found:|Traceback|Error:|rna_uiItem", re.I)
+
+
+def test_panels_and_preferences_draw(shot, tmp_path):
+    """Every panel and the preferences, in every source combination, through a real UILayout."""
+    report = tmp_path / "panels.json"
+    proc = blender(PANELS, tmp_path, tmp_path / "repo", PLUGIN, shot, report)
+    found = json.loads(report.read_text())
+    assert found[:2] == [["poll main", True], ["poll settings", True]]
+    failed = [f"{name}:\n{error}" for name, error in found[2:] if error != "ok"]
+    assert not failed, "\n".join(failed)
+    assert len(found) == 2 + 3 * 3 * 2 * 2 * 2 + 3 * 2 * 2
+    warnings, control = [], ""
+    for stream in (proc.stdout, proc.stderr):
+        drawn, after = stream.split("\nCONTROL\n")
+        warnings += [line for line in drawn.splitlines() if DRAW_WARNING.search(line)]
+        control += after.split("\nEND\n")[0]
+    assert not warnings, "\n".join(warnings)
+    assert "property not found: KeypropSettings.no_such_setting" in control, \
+        "the control warning did not come through: this test would not see a missing property"
 
 
 MASK = """
@@ -386,6 +766,7 @@ bpy.data.movieclips.load(shot + "/shot/plate.0001.exr").name = "plate"
 result = bpy.ops.keyprop.propagate(plate_clip="plate", mask_datablock="box", key_frames="1", out=out,
                                    frame_start=1, frame_end=frames, model=shot + "/test.pt", mode="WORKER",
                                    threads=1)
+addon.unregister()
 print("RESULT", json.dumps({"result": sorted(result)}))
 """
 
@@ -395,17 +776,22 @@ def test_cancel_keeps_whole_frames(shot, tmp_path):
     frames = 5
     out = tmp_path / "out" / "fill.####.exr"
     path = tmp_path / "cancel.py"
-    path.write_text(textwrap.dedent(CANCEL))
+    path.write_text(PRELUDE + textwrap.dedent(CANCEL))
     env = {**os.environ, "BLENDER_USER_RESOURCES": str(tmp_path / "blender_user"), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([PY, str(path), str(shot), str(out), str(frames)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)
-    first = Path(core_expand(out, 1))
-    deadline = time.monotonic() + 120
-    while not first.exists() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    assert first.exists(), "the keyframe was never written"
-    proc.send_signal(signal.SIGINT)
-    text, _ = proc.communicate(timeout=120)
+                            stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+    try:
+        first = Path(core_expand(out, 1))
+        deadline = time.monotonic() + 120
+        while not first.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert first.exists(), "the keyframe was never written"
+        proc.send_signal(signal.SIGINT)
+        text, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:  # whatever went wrong, no Blender is left running
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
     assert proc.returncode == 0, text
     assert json.loads(text.split("RESULT ")[-1])["result"] == ["CANCELLED"], text
     assert "stopped after" in text

@@ -8,23 +8,30 @@ a lazy import is still a dependency. ``from X import name`` counts as importing 
 from __future__ import annotations
 
 import ast
+import os
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "keyprop"
-NOT_PACKAGE = {".venv", ".git", "tests", "bench", "docs", "samples", "models", "keyprop.egg-info"}
+# Folders beside the package's modules that are not part of it (hidden ones neither: .venv,
+# .git, tools/blender_envs.py's .venv-blender); they are not even walked (a bpy holds 10k+ files).
+NOT_PACKAGE = {"tests", "bench", "tools", "docs", "samples", "models", "keyprop.egg-info"}
 HEAVY = {"torch", "onnxruntime"}   # a host adapter never imports these (not even through core)
 
 
 def _modules():
     """Module name -> (file, is a package) for every .py file of the package."""
     found = {}
-    for path in sorted(ROOT.rglob("*.py")):
+    paths = []
+    for folder, subfolders, files in os.walk(ROOT):
+        if Path(folder) == ROOT:
+            subfolders[:] = [d for d in subfolders if d not in NOT_PACKAGE]
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith(".") and d != "__pycache__")
+        paths += [Path(folder) / f for f in files if f.endswith(".py")]
+    for path in sorted(paths):
         rel = path.relative_to(ROOT)
-        if rel.parts[0] in NOT_PACKAGE:
-            continue
         parts = [PACKAGE, *rel.with_suffix("").parts]
         is_package = parts[-1] == "__init__"
         found[".".join(parts[:-1] if is_package else parts)] = (path, is_package)

@@ -17,7 +17,11 @@ def has_node_group_compositor() -> bool:
 
 
 def compositor_tree(scene, create: bool = True):
-    """The scene's compositing node tree (made if missing and ``create``), or None."""
+    """The scene's compositing node tree (made if missing and ``create``), or None.
+
+    A tree made here holds only the output node; a tree that was there (on 4.x also one whose
+    "Use Nodes" was off) keeps its nodes.
+    """
     if has_node_group_compositor():
         tree = scene.compositing_node_group
         if tree is None and create:
@@ -27,7 +31,16 @@ def compositor_tree(scene, create: bool = True):
             scene.compositing_node_group = tree
         return tree
     if create and not scene.use_nodes:
+        made = scene.node_tree is None
         scene.use_nodes = True
+        if made:
+            # 4.x fills a new tree with Render Layers -> Composite (4.5: through a Reroute, plus a
+            # Viewer). Nobody asked for those: the 3D scene would be rendered into the result on
+            # every frame and the output would already be taken. Keep only the Composite, as 5.0's
+            # new compositor group holds only its Group Output.
+            for node in list(scene.node_tree.nodes):
+                if node.bl_idname != "CompositorNodeComposite":
+                    scene.node_tree.nodes.remove(node)
     return scene.node_tree
 
 

@@ -202,7 +202,8 @@ class KEYPROP_OT_propagate(bpy.types.Operator):
         first = compositor.first_existing(p.out, *p.frames)
         if self.add_to_compositor and first is not None:
             name = os.path.basename(os.path.dirname(p.out)) or "fill"
-            compositor.add_result(context.scene, p.out, p.frames[0], p.frames[1], p.linear, name)
+            compositor.add_result(context.scene, p.out, p.frames[0], p.frames[1], p.linear, name,
+                                  plate=self._req.plate)
         if settings is not None:
             settings.status = f"{job.state}: {job.done} of {job.total} frame(s)"
         if job.state == "cancelled":
