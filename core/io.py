@@ -42,6 +42,13 @@ os.environ["OPENCV_IO_ENABLE_OPENEXR"] = "1"
 import cv2  # noqa: E402  (must follow the environment variable above)
 import numpy as np  # noqa: E402
 
+# Bad input must give one line on stderr, keyprop's (it names the file and what is wrong).
+# OpenCV logs its own line first for the same file (a WARN for a truncated PNG, an ERROR for
+# a truncated EXR), so its log stays silent unless OPENCV_LOG_LEVEL asks for it (set it to
+# WARNING to see what OpenCV says).
+if "OPENCV_LOG_LEVEL" not in os.environ:
+    cv2.setLogLevel(0)  # LOG_LEVEL_SILENT (cv2.utils.logging is not in every build)
+
 from .errors import KeypropInputError  # noqa: E402
 
 __all__ = [
@@ -237,7 +244,26 @@ def _exr_format(header: dict, channels: int, path: str) -> ImageFormat:
     return ImageFormat(".exr", dtype, channels, header.get("compression", _EXR_ZIP))
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _check_png_complete(data: bytes, path: str) -> None:
+    """A PNG must reach its IEND chunk; checked here because libpng reports a truncated file
+    on stderr itself (``libpng error: ...``, beyond OpenCV's log level) before the decode fails.
+    """
+    pos = len(_PNG_SIGNATURE)
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack_from(">I", data, pos)
+        kind = data[pos + 4:pos + 8]
+        pos += 12 + length  # length, type, data, CRC
+        if kind == b"IEND" and pos <= len(data):
+            return
+    raise KeypropInputError("truncated or corrupt PNG (the file ends before its IEND chunk)", path)
+
+
 def _decode(data: bytes, path: str) -> np.ndarray:
+    if data[:len(_PNG_SIGNATURE)] == _PNG_SIGNATURE:
+        _check_png_complete(data, path)
     buf = np.frombuffer(data, dtype=np.uint8)
     try:
         array = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)

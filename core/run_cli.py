@@ -23,21 +23,22 @@ import yaml
 
 from .api import FrameEvent, Settings, propagate
 from .errors import KeypropInputError
-from .shot import Shot
+from .shot import Shot, expand, scan
 
 SAMPLE_DIR = Path(__file__).resolve().parent.parent / "samples" / "shot"
 
-RUN_KEYS = {"plate", "mask", "keys", "out", "frames", "progress", "resume", "overwrite"}
+RUN_KEYS = {"plate", "mask", "keys", "out", "frames", "progress", "resume", "overwrite", "mkdir"}
 
 
 def add_parsers(sub) -> None:
-    run = sub.add_parser("run", help="fill a shot's masked regions from its keyframes")
+    run = sub.add_parser("run", help="fill a shot's masked regions (from clean keyframes when given, "
+                                     "else from the shot's own frames)")
     run.add_argument("job", nargs="?", help="a job YAML with the same settings as the flags (flags win)")
     run.add_argument("--plate", help="plate frames, e.g. plate.%%04d.exr or plate.####.exr")
     run.add_argument("--mask", help="mask frames, white where to fill")
     run.add_argument("--keys", help="clean keyframes: every frame present is a keyframe (none: the shot's own "
                      "frames serve as sources)")
-    run.add_argument("--out", help="output frames pattern")
+    run.add_argument("--out", help="output frames pattern (its folder is made if missing, see --no-mkdir)")
     _add_common(run)
     demo = sub.add_parser("demo", help="fill the bundled sample shot with the default model")
     demo.add_argument("--out", default="keyprop_demo", help="output folder (default: ./keyprop_demo)")
@@ -63,6 +64,8 @@ def _add_common(p) -> None:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", default=None, help="keep finished output frames")
     mode.add_argument("--overwrite", action="store_true", default=None, help="replace existing output frames")
+    p.add_argument("--no-mkdir", action="store_false", dest="mkdir", default=None,
+                   help="fail if the output folder does not exist (by default it is made, and the run says so)")
     p.add_argument("-v", "--verbose", action="store_true", help="log what happens")
 
 
@@ -154,8 +157,61 @@ class ProgressPrinter:
             print(file=self.bar_out, flush=True)
 
 
+def _check_keys_given(shot: Shot) -> None:
+    """A --keys pattern that matches no file is a mistake (a typo, a wrong folder), not "no keyframes".
+
+    Without the check the run fills from the shot's own frames: much slower and worse, and
+    exit code 0. Leaving --keys out is how to ask for that.
+    """
+    if shot.keys and not scan(shot.keys):
+        raise KeypropInputError("--keys matches no file (check the pattern and its folder; leave --keys out "
+                                "to fill from the shot's own frames)", shot.keys)
+
+
+def _make_output_folder(shot: Shot, allowed) -> list:
+    """Make the output pattern's folder if it is missing; the folders made, deepest first.
+
+    Blender, Nuke and farm jobs make their output folders, so `keyprop run` does too (and
+    says so); ``allowed`` False (--no-mkdir, ``mkdir: false``) leaves the check to the shot's
+    validation, which refuses a missing folder.
+    """
+    folder = os.path.dirname(os.path.abspath(expand(shot.out, 0)))
+    if os.path.isdir(folder) or allowed is False:
+        return []
+    made, missing = [], folder
+    while missing and not os.path.isdir(missing):
+        made.append(missing)
+        missing = os.path.dirname(missing)
+    try:
+        os.makedirs(folder)
+    except OSError as exc:
+        raise KeypropInputError(f"cannot make the output folder ({exc.strerror or exc})", folder) from None
+    print(f"keyprop: made the output folder {folder} (--no-mkdir: fail instead)", file=sys.stderr, flush=True)
+    return made
+
+
+def _remove_empty(folders: list) -> None:
+    """Take back folders this run made when it ended on bad input before writing anything."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
+
+
 def run_shot(values: dict, verbose: bool = False) -> int:
     settings, shot, run = _settings_and_shot(values)
+    shot.frame_range()  # no plate at all says so first (before --keys, before making a folder)
+    _check_keys_given(shot)
+    made = _make_output_folder(shot, run.get("mkdir"))
+    try:
+        return _run(settings, shot, run)
+    except (ValueError, FileNotFoundError):  # bad input (exit 2): no empty folder left behind
+        _remove_empty(made)
+        raise
+
+
+def _run(settings, shot: Shot, run: dict) -> int:
     mode = run.get("progress") or ("bar" if sys.stderr.isatty() else "none")
     printer = ProgressPrinter(mode)
     cancel = threading.Event()
@@ -179,6 +235,7 @@ def run_shot(values: dict, verbose: bool = False) -> int:
     model_name = info.get("path") or "preset " + str(info.get("preset"))
     summary = {"event": "done", "frames": len(result.frames), "cancelled": result.cancelled,
                "model": model_name, "model_hash": info.get("hash"), "preset": info.get("preset"),
+               "runs_on": info.get("runs_on"),
                "filled": sum(s == "filled" for s in result.statuses.values()),
                "passthrough": sum(s == "passthrough" for s in result.statuses.values()),
                "inpainted": sum(s == "inpainted" for s in result.statuses.values())}
@@ -187,8 +244,9 @@ def run_shot(values: dict, verbose: bool = False) -> int:
     else:
         roi = result.roi
         where = f", ROI {roi.width}x{roi.height} at {roi.work_w}x{roi.work_h}" if roi else ""
+        runs_on = f" on {info['runs_on']}" if info.get("runs_on") else ""
         print(f"keyprop: {summary['frames']} frame(s) written to {os.path.dirname(shot.out) or '.'} with model "
-              f"{model_name} ({info.get('preset')}, {info.get('origin')}){where}"
+              f"{model_name} ({info.get('preset')}, {info.get('origin')}){runs_on}{where}"
               + (" - stopped early" if result.cancelled else ""), file=sys.stderr)
     if summary["inpainted"]:
         print(f"keyprop: {summary['inpainted']} frame(s) had no keyframe and no other frame to draw from: "
@@ -201,13 +259,12 @@ def run_shot(values: dict, verbose: bool = False) -> int:
 
 def run_command(args) -> int:
     if args.command == "demo":
+        # Like `run`: the folder is made when missing, and existing frames are kept unless
+        # --resume or --overwrite says what to do with them.
         out_dir = Path(args.out)
-        out_dir.mkdir(parents=True, exist_ok=True)
         values = _job_values(argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "out"}))
         values.update(plate=str(SAMPLE_DIR / "plate.####.png"), mask=str(SAMPLE_DIR / "mask.####.png"),
                       keys=str(SAMPLE_DIR / "keys.####.png"), out=str(out_dir / "fill.####.png"))
-        if values.get("resume") is None and values.get("overwrite") is None:
-            values["overwrite"] = True  # the demo's own folder: rerunning replaces it
         return run_shot(values, args.verbose)
     return run_shot(_job_values(args), args.verbose)
 

@@ -130,6 +130,7 @@ class TorchEngine:
             "origin": getattr(provenance, "origin", "unknown"),
             "hash": getattr(model, "model_hash", None),
             "path": getattr(model, "model_path", None),
+            "runs_on": f"torch {self.device.upper()}",
         }
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:

@@ -36,10 +36,13 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from .exporter import ExportOptions, export_model
+    from .engine import check_export_packages
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
+        check_export_packages()  # without the onnx extra: one line, not an import traceback
+        from .exporter import ExportOptions, export_model
+
         sizes = [_size(s) for s in (args.size or ["960x544"])]
         model = _load(args.model, args.preset)
         for size in sizes:

@@ -8,7 +8,7 @@ the first frame of a new size pays the export (seconds for small models, about a
 for the paper preset on 2 CPU cores). A folder from ``keyprop export`` is used as it is:
 only the sizes exported into it run.
 
-Providers: CUDA, then CPU. Every file's metadata (keyprop version, model hash, graph kind,
+Providers: CUDA when it really runs here (see :func:`cuda_status`), else CPU. Every file's metadata (keyprop version, model hash, graph kind,
 size) is checked when loaded: a stale cache entry is re-exported, a mismatching file in a
 folder given by the user is a ValueError.
 """
@@ -36,19 +36,52 @@ class OnnxKeyHandle:
     tensors: List[np.ndarray]
 
 
+INSTALL_HINT = "run `python3 install.py --onnx` (or --gpu)"
+
+
 def _ort():
     try:
         import onnxruntime
     except ImportError:
-        raise ValueError("the onnx backend needs onnxruntime: install keyprop with the 'onnx' or 'gpu' extra") from None
+        raise ValueError(f"the onnx backend needs onnxruntime: {INSTALL_HINT}") from None
     return onnxruntime
 
 
-def _cuda_works(ort) -> bool:
-    """onnxruntime-gpu lists CUDA even without a GPU; a tiny session tells whether it really runs."""
+def check_export_packages() -> None:
+    """ValueError (one line) when onnx or onnxscript, which every export needs, is missing."""
+    import importlib.util
+
+    missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ValueError(f"ONNX export needs {' and '.join(missing)}, not installed here: {INSTALL_HINT}")
+
+
+def _nvidia_driver() -> bool:
+    """Whether the CUDA driver library loads: without it CUDA cannot run, and nothing needs probing."""
+    import ctypes
+
+    for name in (("nvcuda.dll",) if os.name == "nt" else ("libcuda.so.1", "libcuda.so")):
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def cuda_status(ort) -> Tuple[bool, str]:
+    """(usable, why not) for onnxruntime's CUDA provider, found without a line on the terminal.
+
+    onnxruntime-gpu lists CUDA among the available providers even on a machine without a
+    GPU, and a session asking for it prints a red error (the CUDA libraries do not load)
+    before falling back to CPU. So: the provider must be listed, an NVIDIA driver must load,
+    and then a tiny session must really run on CUDA, with onnxruntime's own log silenced for
+    that probe.
+    """
     if "CUDAExecutionProvider" not in ort.get_available_providers():
-        return False
-    import onnx
+        return False, "this onnxruntime has no CUDA provider"
+    if not _nvidia_driver():
+        return False, "no NVIDIA driver"
     from onnx import TensorProto, helper
 
     graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe",
@@ -56,13 +89,19 @@ def _cuda_works(ort) -> bool:
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=9)
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4
+    # The provider library's load failure goes to the default logger, not the session's.
+    ort.set_default_logger_severity(4)
     try:
         session = ort.InferenceSession(proto.SerializeToString(), options,
                                        providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
     except Exception:  # noqa: BLE001 (any failure means: no usable CUDA)
-        return False
-    return session.get_providers()[0] == "CUDAExecutionProvider"
+        return False, "onnxruntime's CUDA provider did not start (CUDA or cuDNN libraries missing?)"
+    finally:
+        ort.set_default_logger_severity(2)  # onnxruntime's default (warnings)
+    if session.get_providers()[0] != "CUDAExecutionProvider":
+        return False, "onnxruntime's CUDA provider did not start (CUDA or cuDNN libraries missing?)"
+    return True, ""
 
 
 class OnnxEngine:
@@ -80,10 +119,13 @@ class OnnxEngine:
             raise ValueError(f"unknown device {device!r} (expected auto, cpu or cuda)")
         if precision not in ("fp32", "fp16"):
             raise ValueError(f"unknown precision {precision!r} (expected fp32 or fp16)")
-        cuda = device != "cpu" and _cuda_works(ort)
+        cuda, why_not = cuda_status(ort) if device != "cpu" else (False, "")
         if device == "cuda" and not cuda:
-            raise ValueError("--device cuda: onnxruntime has no working CUDAExecutionProvider here")
+            raise ValueError(f"--device cuda: onnxruntime cannot run on CUDA here ({why_not})")
         self.device = "cuda" if cuda else "cpu"
+        # Said once to the user (the run's summary line): which provider runs, and why not CUDA.
+        self.runs_on = f"onnxruntime {self.device.upper()}" + (f" ({why_not})" if why_not else "")
+        log.info("onnx backend: %s", self.runs_on)
         self.threads = int(threads) if threads else None
         # onnxruntime's CPU DFT kernel is O(n^2) and single-threaded for the bottleneck's
         # lengths (not powers of two): on CPU the Fourier units go out as MatMuls (export/fourier.py).
@@ -94,6 +136,7 @@ class OnnxEngine:
         if isinstance(model, (str, os.PathLike)) and Path(model).expanduser().is_dir():
             self._init_from_folder(Path(model).expanduser())
         else:
+            check_export_packages()  # graphs are exported on demand, per frame size
             self._model = self._load_torch_model(model)
             self.model_hash = model_hash(self._model)
             self.folder = Path(cache_dir or default_cache_root()) / self.model_hash / self.options.variant
@@ -108,6 +151,7 @@ class OnnxEngine:
 
             self.cache_names = cache_names(self._model)
         self.model_info["onnx"] = str(self.folder)
+        self.model_info["runs_on"] = self.runs_on
         from ..core.model.context import NetworkFrames
 
         self._network_frame = NetworkFrames(self.context_base)

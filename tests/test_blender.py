@@ -335,8 +335,15 @@ tree = compat.compositor_tree(scene, create=False)
 groups = [n for n in tree.nodes if n.bl_idname == "CompositorNodeGroup"]
 inner = groups[-1].node_tree
 image_node = next(n for n in inner.nodes if n.bl_idname == "CompositorNodeImage")
+try:  # a keyframe pattern that matches nothing is a mistake, as for `keyprop run --keys`
+    bpy.ops.keyprop.propagate(plate=shot + "/shot/plate.####.exr", mask=shot + "/shot/mask.####.png",
+                              keys=shot + "/shot/clean.####.exr", out=shot + "/NOKEYS/fill.####.exr",
+                              model=shot + "/test.pt", mode="IN_PROCESS", threads=1)
+    bad_keys = ""
+except RuntimeError as exc:
+    bad_keys = str(exc)
 output = compat.output_socket(tree)
-info = {"groups": len(groups), "inputs": [s.name for s in groups[-1].inputs],
+info = {"bad_keys": bad_keys, "groups": len(groups), "inputs": [s.name for s in groups[-1].inputs],
         "outputs": [s.name for s in groups[-1].outputs], "image": image_node.image.filepath,
         "colorspace": image_node.image.colorspace_settings.name, "linked": groups[0].outputs[0].is_linked,
         "nodes": sorted(n.bl_idname for n in tree.nodes), "output_from": output.links[0].from_node.name,
@@ -368,6 +375,11 @@ def test_operator_adds_a_plain_node_group(operator_run):
     assert info["inputs"] == ["Plate", "Mask"] and info["outputs"] == ["Image"]
     assert info["image"].startswith("//") and info["image"].endswith("fill.0001.exr")  # relative: portable
     assert info["colorspace"] == "Linear Rec.709" and info["linked"]
+
+
+def test_operator_refuses_a_keyframe_pattern_matching_nothing(operator_run):
+    info, _ = operator_run
+    assert "no keyframe file matches" in info["bad_keys"] and "clean.####.exr" in info["bad_keys"]
 
 
 def test_fresh_compositor_holds_the_fill_at_its_output(operator_run):

@@ -42,3 +42,28 @@ def test_run_flags_reach_the_settings():
     args = cli.parse_args(["run", "--plate", "p.####.png", "--mask", "m.####.png", "--out", "o.####.png"])
     settings, _, _ = run_cli._settings_and_shot(run_cli._job_values(args))
     assert settings.plate_sources is True
+
+
+def test_run_help_says_keyframes_are_optional(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--help"])
+    listing = capsys.readouterr().out
+    assert "from its keyframes" not in listing
+    assert "from clean keyframes when given, else from the shot's own frames" in " ".join(listing.split())
+
+
+def test_readme_commands_run_keyprop_from_the_venv():
+    """install.py puts nothing on PATH: a bare `keyprop` in a README command would not be found."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    blocks = re.findall(r"```sh\n(.*?)```", text, re.S)
+    assert blocks
+    commands = [line.strip() for block in blocks for line in block.splitlines() if line.strip()]
+    bare = [c for c in commands if re.match(r"(?:.*&&\s*)?keyprop\b", c)]
+    assert not bare, bare
+    assert any(c.startswith(".venv/bin/keyprop run") for c in commands)
+    assert "source .venv/bin/activate" in text

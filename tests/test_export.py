@@ -3,6 +3,7 @@
 One export per variant (module fixtures); the paper preset's fixture parity is in
 test_export_parity.py.
 """
+import os
 import subprocess
 import sys
 
@@ -210,3 +211,75 @@ def test_cli_errors_are_one_line_exit_2(tmp_path):
     assert main(["export", "--model", str(tmp_path / "nope.pt"), "--out", str(tmp_path)]) == 2
     assert main(["export", "--preset", "huge", "--out", str(tmp_path)]) == 2
     assert main(["export", "--preset", "test", "--out", str(tmp_path), "--size", "big"]) == 2
+
+
+# --- a first hour without friction (issue 18) ----------------------------------------------------
+
+BLOCK_ONNX = ("import sys\n"
+              "for name in ('onnx', 'onnxscript'):\n"
+              "    sys.modules[name] = None  # as in an environment made without the onnx extra\n"
+              "from keyprop.cli import main\n"
+              "sys.exit(main(sys.argv[1:]))\n")
+
+
+def test_export_without_the_onnx_extra_says_how_to_get_it(tmp_path):
+    cmd = [sys.executable, "-c", BLOCK_ONNX, "export", "--preset", "test", "--out", str(tmp_path), "--size", "64x48"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "install.py --onnx" in lines[0] and "onnx" in lines[0], result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_onnx_engine_without_the_onnx_extra_is_one_value_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxscript", None)
+    with pytest.raises(ValueError, match="install.py --onnx"):
+        OnnxEngine("preset:test", device="cpu")
+
+
+def test_cuda_choice_is_quiet_and_says_why_not(capfd, monkeypatch):
+    """Even when the probe session runs (a driver is found), onnxruntime prints nothing.
+
+    Without a GPU, onnxruntime-gpu still lists CUDA; a session asking for it printed a red
+    error (the CUDA libraries do not load) before falling back to CPU.
+    """
+    from keyprop.export import engine
+
+    monkeypatch.setattr(engine, "_nvidia_driver", lambda: True)
+    usable, why_not = engine.cuda_status(ort)
+    out, err = capfd.readouterr()
+    assert out == "" and err == "", err
+    assert (usable and why_not == "") or (not usable and why_not)
+    monkeypatch.setattr(engine, "_nvidia_driver", lambda: False)
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        assert engine.cuda_status(ort) == (False, "no NVIDIA driver")
+    with pytest.raises(ValueError, match="cannot run on CUDA here"):
+        OnnxEngine("preset:test", device="cuda")
+
+
+def test_onnx_run_prints_one_line_saying_which_provider_runs(tmp_path):
+    """`keyprop run --backend onnx` on a machine without CUDA: no onnxruntime lines, one line saying CPU."""
+    from keyprop.core import io as kio
+
+    rng = np.random.default_rng(0)
+    for f in (1, 2):
+        kio.write_image(tmp_path / f"plate.{f:04d}.png", rng.random((48, 64, 3)).astype(np.float32),
+                        like=kio.ImageFormat(".png", "uint8", 3))
+        mask = np.zeros((48, 64), np.float32)
+        mask[10:30, 20:40] = 1
+        kio.write_image(tmp_path / f"mask.{f:04d}.png", mask, like=kio.ImageFormat(".png", "uint8", 1))
+    kio.write_image(tmp_path / "key.0001.png", rng.random((48, 64, 3)).astype(np.float32),
+                    like=kio.ImageFormat(".png", "uint8", 3))
+    (tmp_path / "out").mkdir()
+    env = {**os.environ, "KEYPROP_ONNX_CACHE": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "keyprop.cli", "run", "--plate", str(tmp_path / "plate.####.png"),
+           "--mask", str(tmp_path / "mask.####.png"), "--keys", str(tmp_path / "key.####.png"),
+           "--out", str(tmp_path / "out/fill.####.png"), "--model", "preset:test", "--backend", "onnx",
+           "--progress", "none", "--threads", "2"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "onnxruntime" not in result.stderr.replace("on onnxruntime", ""), result.stderr
+    said = [line for line in result.stderr.splitlines() if " on onnxruntime " in line]
+    assert len(said) == 1, result.stderr
+    usable, why_not = __import__("keyprop.export.engine", fromlist=["cuda_status"]).cuda_status(ort)
+    assert ("on onnxruntime CUDA" if usable else f"on onnxruntime CPU ({why_not})") in said[0]

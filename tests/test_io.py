@@ -157,7 +157,7 @@ def test_errors_name_the_file(tmp_path):
 
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
-    with pytest.raises(KeypropInputError, match="corrupt.png: cannot decode"):
+    with pytest.raises(KeypropInputError, match="corrupt.png: truncated or corrupt PNG"):
         io.read_image(corrupt)
 
     truncated = tmp_path / "truncated.exr"
@@ -174,6 +174,26 @@ def test_errors_name_the_file(tmp_path):
 
     with pytest.raises(KeypropInputError, match="NaN"):
         io.write_image(tmp_path / "nan.exr", np.full((2, 2, 3), np.nan, np.float32))
+
+
+def test_bad_files_raise_one_error_and_no_library_chatter(tmp_path, capfd):
+    """libpng and OpenCV print their own line for a broken file; keyprop's error is the only one."""
+    png = tmp_path / "plate.png"
+    io.write_image(png, RNG.random((64, 64, 3)).astype(np.float32), like=io.ImageFormat(".png", "uint8", 3))
+    whole = png.read_bytes()
+    exr = tmp_path / "plate.exr"
+    io.write_image(exr, RNG.random((64, 64, 3)).astype(np.float32))
+    cuts = [("png", whole[:len(whole) // 2]), ("png", whole[:3000]), ("png", whole[:-12]),  # IEND gone
+            ("exr", exr.read_bytes()[:len(exr.read_bytes()) // 2])]
+    capfd.readouterr()
+    for i, (ext, data) in enumerate(cuts):
+        broken = tmp_path / f"broken{i}.{ext}"
+        broken.write_bytes(data)
+        with pytest.raises(KeypropInputError, match=f"broken{i}.{ext}: "):
+            io.read_image(broken)
+        out, err = capfd.readouterr()
+        assert out == "" and err == "", (i, err)
+    assert io.read_image(png).pixels.shape == (64, 64, 3)  # a whole PNG still reads
 
 
 def test_nan_in_exr_is_refused_with_location(tmp_path):

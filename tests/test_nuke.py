@@ -189,11 +189,11 @@ def test_real_keyprop_run_cancel_and_resume(shot, tmp_path):
 
 
 def test_real_keyprop_bad_input_is_keyprops_line(shot, tmp_path):
-    cmd = kc.build_run_command(str(KEYPROP), shot["plate"], shot["mask"], shot["keys"],
-                               str(tmp_path / "missing_dir" / "fill.####.png"), 101, 103, model="preset:test")
+    cmd = kc.build_run_command(str(KEYPROP), shot["plate"], shot["mask"], str(tmp_path / "clean.####.png"),
+                               str(tmp_path / "fill.####.png"), 101, 103, model="preset:test")
     with pytest.raises(kc.KeypropError) as info:
         kc.follow(kc.KeypropRun(cmd), lambda e: None, lambda: False)
-    assert str(info.value).startswith("keyprop: ") and "output directory does not exist" in str(info.value)
+    assert str(info.value).startswith("keyprop: ") and "--keys matches no file" in str(info.value)
 
 
 # --- the gizmo's text -----------------------------------------------------------------------------

@@ -187,7 +187,7 @@ def _bad_input_cases(root: Path, shot: Shot):
         return ["--out", shot.plate]
 
     def no_out_dir(r):
-        return ["--out", str(r / "nowhere" / "f.####.png")]
+        return ["--out", str(r / "nowhere" / "f.####.png"), "--no-mkdir"]
 
     def bad_frames(r):
         return ["--frames", "104-101"]
@@ -205,7 +205,7 @@ def _bad_input_cases(root: Path, shot: Shot):
             ("corrupt keyframe", corrupt_key, "key.0104.png"),
             ("full-frame mask", full_mask, "whole frame"),
             ("output equals input", out_is_input, "overwrite the plate"),
-            ("unwritable output", no_out_dir, "does not exist"),
+            ("missing output folder, --no-mkdir", no_out_dir, "does not exist"),
             ("bad range", bad_frames, "first frame after last"),
             ("nan in exr", nan_exr, "plate.0101.exr")]
 
@@ -249,6 +249,80 @@ def test_demo_subprocess_fills_bundled_shot(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "model preset:test" in proc.stderr or "preset test" in proc.stderr
     assert sorted(os.listdir(tmp_path / "demo")) == ["fill.1001.png", "fill.1002.png", "fill.1003.png"]
+
+
+# --- a first hour without friction (issue 18) ----------------------------------------------------
+
+def test_run_makes_a_missing_output_folder_and_says_so(tmp_path, capsys):
+    shot = write_shot(tmp_path)
+    out = tmp_path / "renders" / "v001" / "fill.####.png"
+    args = ["run", "--plate", shot.plate, "--mask", shot.mask, "--keys", shot.keys, "--out", str(out),
+            "--model", MODEL, "--progress", "none", "--threads", "2", "--frames", "101-102"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert f"made the output folder {out.parent}" in err
+    assert sorted(os.listdir(out.parent)) == ["fill.0101.png", "fill.0102.png"]
+    # Bad input found before any frame is written: the folders made for it are taken back.
+    os.remove(tmp_path / "plate.0103.png")
+    other = tmp_path / "elsewhere" / "deep" / "fill.####.png"
+    code, _, err = run_cli(args[:8] + [str(other)] + args[9:-2], capsys)
+    assert code == 2 and "plate.0103.png" in err
+    assert not (tmp_path / "elsewhere").exists()
+    # --no-mkdir: a missing folder is an error, as before.
+    code, _, err = run_cli(args[:8] + [str(other)] + args[9:] + ["--no-mkdir"], capsys)
+    assert code == 2 and "does not exist" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_keys_pattern_matching_nothing_is_exit_2(tmp_path, capsys):
+    """Not a silent, slower run without keyframes: leaving --keys out is how to ask for that."""
+    shot = write_shot(tmp_path)
+    (tmp_path / "out").mkdir()
+    args = ["run", "--plate", shot.plate, "--mask", shot.mask, "--keys", str(tmp_path / "clean.####.png"),
+            "--out", shot.out, "--model", MODEL, "--progress", "none"]
+    code, out, err = run_cli(args, capsys)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and "clean.####.png" in err and "--keys matches no file" in err
+    assert os.listdir(tmp_path / "out") == []
+
+
+def test_demo_follows_the_resume_overwrite_rule(tmp_path, capsys):
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--model", MODEL, "--frames", "1001-1001", "--threads", "2",
+            "--progress", "json"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert "made the output folder" in err
+    first = (out / "fill.1001.png").read_bytes()
+    (out / "fill.1001.png").write_bytes(b"an artist's frame")
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and "exist already" in err and "--overwrite" in err
+    assert (out / "fill.1001.png").read_bytes() == b"an artist's frame"  # untouched
+    code, stdout, _ = run_cli(args + ["--resume"], capsys)
+    assert code == 0 and '"status": "skipped"' in stdout
+    code, _, _ = run_cli(args + ["--overwrite"], capsys)
+    assert code == 0 and (out / "fill.1001.png").read_bytes() == first
+
+
+def test_demo_output_is_ignored_by_git():
+    ignored = (Path(__file__).resolve().parent.parent / ".gitignore").read_text().splitlines()
+    assert "keyprop_demo/" in ignored  # the demo's default --out, made in the checkout
+
+
+def test_truncated_png_gives_exactly_one_line(tmp_path):
+    """keyprop's line only: OpenCV's own WARN for the same file stays off stderr."""
+    shot = write_shot(tmp_path)
+    (tmp_path / "out").mkdir()
+    whole = (tmp_path / "plate.0102.png").read_bytes()
+    (tmp_path / "plate.0102.png").write_bytes(whole[:len(whole) // 2])
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_LOG_LEVEL"}
+    proc = subprocess.run([sys.executable, "-m", "keyprop.cli", "run", "--plate", shot.plate, "--mask", shot.mask,
+                           "--keys", shot.keys, "--out", shot.out, "--model", MODEL, "--progress", "none",
+                           "--threads", "2"], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"keyprop: {tmp_path / 'plate.0102.png'}: truncated"), \
+        proc.stderr
 
 
 def test_ctrl_c_stops_between_frames(tmp_path):

@@ -250,7 +250,10 @@ def rasterize_mask(mask, frames: Tuple[int, int], size: Tuple[int, int], pattern
 
 def _keys(req: Request, folder: str, plate: str) -> str:
     if req.keys_pattern:
-        return _abspath(req.keys_pattern)
+        pattern = _abspath(req.keys_pattern)
+        if not _frames_on_disk(pattern):  # as `keyprop run --keys`: a typo, not "no keyframes"
+            raise SourceError(f"no keyframe file matches {pattern}")
+        return pattern
     if not req.key_frames:
         raise SourceError("no keyframes: add the current frame (if it is clean) or keyframe images")
     ext = extension(plate)
