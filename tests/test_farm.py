@@ -2,8 +2,10 @@
 
 The OpenJD tests run the shipped template with openjd-cli (the dev extra installs it) on a
 tiny synthetic shot and the random-weight `preset:test` model: chunks of 1 frame and of 3
-frames give exactly the bytes of one full `keyprop run`, a finished chunk reruns to the
-same files, and a chunk with bad input fails the job with keyprop's one-line message.
+frames give exactly the bytes of one full `keyprop run` (with keyframes, and without them on
+a shot that spans a temporal window boundary, so chunks start inside windows), a finished
+chunk reruns to the same files, settings pass through to every chunk, and a chunk with bad
+input fails the job with keyprop's one-line message.
 """
 import json
 import os
@@ -17,6 +19,8 @@ import pytest
 import yaml
 
 from keyprop import cli
+from keyprop.core import run_cli
+from keyprop.core.temporal import WINDOW
 from keyprop.plugin.farm import jobs
 
 H, W, FIRST, N = 96, 136, 101, 4
@@ -48,8 +52,25 @@ def make_shot(root: Path) -> dict:
             "keys": str(root / "key.####.png")}
 
 
+def make_keyless_shot(root: Path, first: int = 5, n: int = 10) -> dict:
+    """As make_shot, without keyframes: frames first..first+n-1, the bar moving 8 px a frame."""
+    rng = np.random.default_rng(11)
+    strip = cv2.GaussianBlur(rng.random((H, W + 2 * n, 3)).astype(np.float32), (0, 0), 2.0)
+    strip = (strip - strip.min()) / (strip.max() - strip.min())
+    for i in range(n):
+        frame = first + i
+        mask = np.zeros((H, W), np.uint8)
+        mask[20:76, 24 + 8 * i:34 + 8 * i] = 255
+        plate = np.ascontiguousarray(strip[:, 2 * i:2 * i + W])
+        plate[mask > 0] = 0.05
+        cv2.imwrite(str(root / f"plate.{frame:04d}.png"), (plate * 255).round().astype(np.uint8))
+        cv2.imwrite(str(root / f"mask.{frame:04d}.png"), mask)
+    return {"plate": str(root / "plate.####.png"), "mask": str(root / "mask.####.png")}
+
+
 def shot_args(shot, out):
-    return ["--plate", shot["plate"], "--mask", shot["mask"], "--keys", shot["keys"], "--out", out]
+    keys = ["--keys", shot["keys"]] if shot.get("keys") else []
+    return ["--plate", shot["plate"], "--mask", shot["mask"], *keys, "--out", out]
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +104,25 @@ def full_run(shot, test_model, tmp_path_factory):
     return {f: (out_dir / f"fill.{f:04d}.png").read_bytes() for f in range(FIRST, FIRST + N)}
 
 
+KEYLESS_FIRST, KEYLESS_N = 5, 10   # frames 5-14: windows 0-7 and 8-15, so chunks start inside them
+KEYLESS_SETTINGS = ["--max-sources", "3", "--linear", "no"]
+
+
+@pytest.fixture(scope="module")
+def keyless_shot(tmp_path_factory):
+    return make_keyless_shot(tmp_path_factory.mktemp("farm_keyless"), KEYLESS_FIRST, KEYLESS_N)
+
+
+@pytest.fixture(scope="module")
+def keyless_full_run(keyless_shot, test_model, tmp_path_factory):
+    """One `keyprop run` without keyframes over the whole keyless shot."""
+    out_dir = tmp_path_factory.mktemp("keyless_full")
+    code = cli.main(["run", *shot_args(keyless_shot, str(out_dir / "fill.####.png")), "--model", test_model,
+                     "--threads", "2", *KEYLESS_SETTINGS, "--progress", "none"])
+    assert code == 0
+    return outputs(out_dir)
+
+
 def submit(args, capsys):
     code = cli.main(["farm", "submit", *args])
     captured = capsys.readouterr()
@@ -101,6 +141,37 @@ def outputs(out_dir: Path) -> dict:
     return {int(p.name.split(".")[1]): p.read_bytes() for p in sorted(out_dir.glob("fill.*.png"))}
 
 
+def task_chunks(log: str) -> list:
+    """The Fill tasks' frame chunks, in the order openjd ran them."""
+    return [line.split("= ")[1] for line in log.splitlines() if "Frame(CHUNK[INT]) =" in line]
+
+
+def resolved(argv):
+    """What `keyprop run ARGV` would run: (Settings, Shot, run options), by keyprop's own parser."""
+    values = run_cli._job_values(cli.parse_args(argv))
+    return run_cli._settings_and_shot(values)
+
+
+def filled_template_task(job: jobs.FarmJob, frames: str, scratch: Path) -> list:
+    """The template's Fill task command line for ``job``, as openjd would fill it in: parameters
+    substituted, the embedded settings file written into ``scratch``."""
+    template = yaml.safe_load(jobs.TEMPLATE.read_text())
+    script = template["steps"][0]["script"]
+    values = {f"{{{{Param.{k}}}}}": str(v) for k, v in jobs.openjd_parameter_values(job).items()}
+    values["{{Task.Param.Frame}}"] = frames
+
+    def fill(text):
+        for token, value in values.items():
+            text = text.replace(token, value)
+        return text
+
+    for embedded in script["embeddedFiles"]:
+        path = scratch / embedded["filename"]
+        path.write_text(fill(embedded["data"]))
+        values[f"{{{{Task.File.{embedded['name']}}}}}"] = str(path)
+    return [fill(arg) for arg in script["actions"]["onRun"]["args"]]
+
+
 # --- OpenJD, for real -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("chunk_size", [1, 3])
@@ -113,7 +184,7 @@ def test_openjd_chunks_give_the_bytes_of_one_full_run(shot, test_model, full_run
     assert out_dir.is_dir()  # made at submit, so the shot could be checked
     proc = openjd_run(job_dir)
     log = proc.stdout + proc.stderr
-    chunks = [line.split("= ")[1] for line in log.splitlines() if "Frame(CHUNK[INT]) =" in line]
+    chunks = task_chunks(log)
     if chunk_size == 1:
         assert chunks == ["101-101", "102-102", "103-103", "104-104"]
     else:
@@ -129,6 +200,83 @@ def test_openjd_chunks_give_the_bytes_of_one_full_run(shot, test_model, full_run
         rerun = openjd_run(job_dir, "--step", "Fill", "--tasks", json.dumps([{"Frame": chunks[0]}]))
         assert '"event": "done"' in rerun.stdout
         assert outputs(out_dir) == before == full_run
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3])
+def test_openjd_keyless_chunks_give_the_bytes_of_one_full_run(keyless_shot, test_model, keyless_full_run, tmp_path,
+                                                              capsys, chunk_size):
+    """No --keys: every chunk fills from the shot's own frames. Frames 5-14 span the window
+    boundary at 8, so chunks start inside windows and first fill the frames before them
+    (unwritten): the bytes must still be those of one full run."""
+    out_dir, job_dir = tmp_path / "out", tmp_path / "job"
+    code, out, err = submit(["--engine", "openjd", *shot_args(keyless_shot, str(out_dir / "fill.####.png")),
+                             "--chunk-size", str(chunk_size), "--job-dir", str(job_dir), "--model", test_model,
+                             "--threads", "2", *KEYLESS_SETTINGS, "--keyprop", str(KEYPROP)], capsys)
+    assert code == 0, err
+    params = json.loads((job_dir / "openjd-params.json").read_text())
+    assert params["Keys"] == "" and params["WarmupFrame"] == KEYLESS_FIRST
+    assert params["MaxSources"] == 3 and params["Linear"] == "no" and params["PlateSources"] == "true"
+    assets = yaml.safe_load((job_dir / "asset_references.yaml").read_text())["assetReferences"]
+    assert assets["inputs"]["directories"] == [os.path.dirname(keyless_shot["plate"])]
+    proc = openjd_run(job_dir)
+    log = proc.stdout + proc.stderr
+    chunks = [tuple(int(v) for v in c.split("-")) for c in task_chunks(log)]
+    frames = list(range(KEYLESS_FIRST, KEYLESS_FIRST + KEYLESS_N))
+    assert sorted(f for a, b in chunks for f in range(a, b + 1)) == frames
+    assert all(b - a + 1 <= chunk_size for a, b in chunks)
+    assert any(a % WINDOW != 0 and a != KEYLESS_FIRST for a, _ in chunks)   # a chunk starts inside a window
+    assert log.count("shot and model ok") == 1 and "no keyframes" in log
+    assert f"all {KEYLESS_N} output frame(s) 5-14 present" in log
+    assert outputs(out_dir) == keyless_full_run
+    assert sorted(keyless_full_run) == frames
+
+
+def test_keyless_shot_depends_on_the_carried_fills(keyless_shot, test_model, keyless_full_run, tmp_path):
+    """What makes the keyless chunk test meaningful: on this shot each frame's fill depends on
+    the fills carried from the frames before it in its window (without them the bytes
+    differ everywhere but at the window starts), which a chunk must recompute."""
+    from keyprop.core import api
+
+    out = tmp_path / "fill.####.png"
+    api.propagate(api.Shot(keyless_shot["plate"], keyless_shot["mask"], "", str(out)),
+                  api.Settings(model=test_model, threads=2, max_sources=3, linear=False, temporal=False))
+    alone = outputs(tmp_path)
+    differ = sorted(f for f in alone if alone[f] != keyless_full_run[f])
+    assert differ == [f for f in range(KEYLESS_FIRST + 1, KEYLESS_FIRST + KEYLESS_N) if f % WINDOW != 0]
+
+
+def test_openjd_settings_reach_every_chunk(shot, test_model, full_run, tmp_path, capsys):
+    """--no-plate-sources (through the task's settings file) and --max-sources reach each chunk's
+    `keyprop run`: the chunks give the bytes of a full run with the same flags, which differ
+    from the default run's."""
+    flags = ["--no-plate-sources", "--max-sources", "3"]
+    full_dir = tmp_path / "full"
+    full_dir.mkdir()
+    assert cli.main(["run", *shot_args(shot, str(full_dir / "fill.####.png")), "--model", test_model,
+                     "--threads", "2", *flags, "--progress", "none"]) == 0
+    expected = outputs(full_dir)
+    assert expected != full_run   # the flags change the fill of this shot: passing them is visible
+    out_dir, job_dir = tmp_path / "out", tmp_path / "job"
+    code, out, err = submit(["--engine", "openjd", *shot_args(shot, str(out_dir / "fill.####.png")),
+                             "--chunk-size", "2", "--job-dir", str(job_dir), "--model", test_model,
+                             "--threads", "2", *flags, "--keyprop", str(KEYPROP)], capsys)
+    assert code == 0, err
+    openjd_run(job_dir)
+    assert outputs(out_dir) == expected
+
+
+def test_deadline_keyless_job(keyless_shot, tmp_path, capsys):
+    job_dir = tmp_path / "job"
+    code, out, err = submit(["--engine", "deadline", *shot_args(keyless_shot, str(tmp_path / "o" / "fill.####.png")),
+                             "--chunk-size", "3", "--job-dir", str(job_dir), "--model", MODEL,
+                             "--no-plate-sources", "--max-sources", "2", "--linear", "yes"], capsys)
+    assert code == 0, err
+    info = dict(line.split("=", 1) for line in (job_dir / jobs.DEADLINE_PLUGIN_INFO).read_text().splitlines())
+    import shlex
+    args = cli.parse_args(shlex.split(info["Arguments"].replace("<STARTFRAME>", "8").replace("<ENDFRAME>", "10")))
+    assert args.keys is None and args.frames == "8-10" and args.max_sources == 2
+    assert args.plate_sources is False and args.linear == "yes"
+    assert "own frames" in (job_dir / jobs.DEADLINE_JOB_INFO).read_text()
 
 
 def test_openjd_failed_chunk_fails_the_job_with_keyprops_message(shot, tmp_path, capsys):
@@ -181,20 +329,35 @@ def test_openjd_template_shape():
     assert set(values) == names
 
 
-def test_openjd_task_command_is_keyprop_run_of_the_chunk():
-    """The template's task arguments, filled in, are exactly run_arguments() (which Deadline uses too)."""
-    template = yaml.safe_load(jobs.TEMPLATE.read_text())
-    args = template["steps"][0]["script"]["actions"]["onRun"]["args"]
+def test_openjd_task_command_is_keyprop_run_of_the_chunk(tmp_path):
+    """The template's task arguments, filled in, are exactly run_arguments() (which Deadline uses
+    too) after the settings file, which holds the default plate-sources setting."""
     job = jobs.FarmJob("/s/p.####.exr", "/s/m.####.exr", "/s/k.####.exr", "/o/f.####.exr", 1001, 1100,
                        model="/m/x.pt", dilate=3, feather=1.5, existing="resume")
-    values = {f"{{{{Param.{k}}}}}": str(v) for k, v in jobs.openjd_parameter_values(job).items()}
-    values["{{Task.Param.Frame}}"] = "1001-1010"
-    filled = []
-    for arg in args:
-        for token, value in values.items():
-            arg = arg.replace(token, value)
-        filled.append(arg)
-    assert filled == jobs.run_arguments(job, "1001-1010")
+    filled = filled_template_task(job, "1001-1010", tmp_path)
+    assert filled[0] == "run" and filled[1] == str(tmp_path / "keyprop_settings.yaml")
+    assert [filled[0], *filled[2:]] == jobs.run_arguments(job, "1001-1010")
+    assert yaml.safe_load((tmp_path / "keyprop_settings.yaml").read_text()) == {"plate_sources": True}
+
+
+@pytest.mark.parametrize("case", ["keyed", "keyless", "keys_only"])
+def test_openjd_and_deadline_tasks_run_the_same(tmp_path, case):
+    """The OpenJD task (settings file, `--keys ""`) and the Deadline task (flags) resolve, by
+    keyprop run's own parser, to the same settings and shot: keys or none, --max-sources,
+    --no-plate-sources and --linear included."""
+    keys = "" if case == "keyless" else "/s/k.####.exr"
+    job = jobs.FarmJob("/s/p.####.exr", "/s/m.####.exr", keys, "/o/f.####.exr", 1001, 1100, max_sources=3,
+                       plate_sources=case != "keys_only", linear="yes" if case == "keyless" else "no")
+    openjd = resolved(filled_template_task(job, "1001-1010", tmp_path))
+    deadline = resolved(jobs.run_arguments(job, "1001-1010"))
+    assert openjd[:2] == deadline[:2]
+    without_keys = [{k: v for k, v in run.items() if k != "keys"} for run in (openjd[2], deadline[2])]
+    assert without_keys[0] == without_keys[1]   # keys are compared in the shots (`--keys ""` or none: no keys)
+    settings, shot, _ = openjd
+    assert settings.max_sources == 3 and settings.plate_sources == (case != "keys_only")
+    assert settings.linear is (case == "keyless") and shot.keys == keys
+    assert ("--keys" in jobs.run_arguments(job, "1-2")) == bool(keys)
+    assert ("--no-plate-sources" in jobs.run_arguments(job, "1-2")) == (case == "keys_only")
 
 
 def test_openjd_bundle_files(shot, tmp_path, capsys):

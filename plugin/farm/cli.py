@@ -1,7 +1,8 @@
 """`keyprop farm`: write (and submit) render-farm jobs for a shot, and the farm-side helpers.
 
-    keyprop farm submit --engine openjd|deadline --plate P --mask P --keys P --out P
+    keyprop farm submit --engine openjd|deadline --plate P --mask P [--keys P] --out P
                         [--frames A-B] --chunk-size N --job-dir DIR [--submit | --run-local]
+                        (no --keys: each frame is filled from the shot's own frames)
     keyprop farm prepare ...   # OpenJD session start: output folder, shot check, model load
     keyprop farm verify --out P --frames A-B   # the job's last step: every frame is there
 
@@ -41,6 +42,12 @@ def add_parser(subparsers) -> None:
     submit.add_argument("--feather", type=float, default=0.0, help="soften the fill's edge by PX pixels")
     submit.add_argument("--max-keys", type=int, default=2, dest="max_keys", help="keyframes per target (default 2)")
     submit.add_argument("--work-res", type=int, default=640, dest="work_res", help="network resolution (default 640)")
+    submit.add_argument("--max-sources", type=int, default=4, dest="max_sources",
+                        help="sources per target, keyframes included; plate frames fill the rest (default 4)")
+    submit.add_argument("--no-plate-sources", action="store_false", dest="plate_sources",
+                        help="with keyframes, use only them (plate frames still serve when keyframes are missing)")
+    submit.add_argument("--linear", choices=["auto", "yes", "no"], default="auto",
+                        help="plate is scene-linear (default auto: EXR/float yes)")
     submit.add_argument("--existing", choices=["overwrite", "resume"], default="overwrite",
                         help="what a task does with output frames already there (default overwrite)")
     how = submit.add_mutually_exclusive_group()
@@ -51,7 +58,8 @@ def add_parser(subparsers) -> None:
 
     prepare = sub.add_parser("prepare", help="(job step) make the output folder, check the shot, load the model")
     _add_shot(prepare)
-    prepare.add_argument("--frame", type=int, required=True, help="a keyframe to fill as the check")
+    prepare.add_argument("--frame", type=int, required=True,
+                         help="the frame to fill as the check: a keyframe, or any frame of a shot without keys")
     prepare.add_argument("--scratch", help="folder for the check's output (default: a temporary folder)")
     _add_settings(prepare)
 
@@ -63,7 +71,8 @@ def add_parser(subparsers) -> None:
 def _add_shot(p) -> None:
     p.add_argument("--plate", required=True, help="plate frames, e.g. plate.####.exr")
     p.add_argument("--mask", required=True, help="mask frames, white where to fill")
-    p.add_argument("--keys", required=True, help="clean keyframes: every frame present is a keyframe")
+    p.add_argument("--keys", default="", help="clean keyframes: every frame present is a keyframe (none: each "
+                   "frame is filled from the shot's own frames)")
     p.add_argument("--out", required=True, help="output frames pattern")
 
 
@@ -120,7 +129,8 @@ def build_job(args) -> jobs.FarmJob:
     """
     from ...core import api
 
-    plate, mask, keys, out = (_absolute(p) for p in (args.plate, args.mask, args.keys, args.out))
+    plate, mask, out = (_absolute(p) for p in (args.plate, args.mask, args.out))
+    keys = _absolute(args.keys) if args.keys else ""   # none: the shot's own frames are the sources
     visible = os.path.isdir(os.path.dirname(plate))
     if args.frames:
         first, last = jobs.parse_frames(args.frames)
@@ -131,9 +141,9 @@ def build_job(args) -> jobs.FarmJob:
     warmup = None
     if visible:
         Path(os.path.dirname(out)).mkdir(parents=True, exist_ok=True)
-        api.Shot(plate, mask, keys, out, first, last).validate()  # one-line KeypropInputError if not
-        key_frames = api.scan(keys)
-        warmup = key_frames[0]
+        # One-line KeypropInputError if not (a --keys pattern that matches nothing included).
+        api.Shot(plate, mask, keys, out, first, last).validate(require_keys=bool(keys))
+        warmup = api.scan(keys)[0] if keys else None   # None: the job's first frame
     else:
         log.warning("plate folder not visible here: the shot is checked on the farm")
     name = args.name or os.path.basename(os.path.dirname(out)) or "shot"
@@ -141,6 +151,7 @@ def build_job(args) -> jobs.FarmJob:
                         chunk_size=args.chunk_size, keyprop=args.keyprop or _default_keyprop(), name=name,
                         warmup_frame=warmup, model=_model_spec(args.model), backend=args.backend,
                         device=args.device, dilate=args.dilate, feather=args.feather, max_keys=args.max_keys,
+                        max_sources=args.max_sources, plate_sources=args.plate_sources, linear=args.linear,
                         work_res=args.work_res, threads=args.threads, existing=args.existing)
 
 
@@ -186,7 +197,11 @@ def _call(command, tool: str, what: str) -> int:
 # --- farm-side steps ------------------------------------------------------------------------
 
 def _prepare(args) -> int:
-    """Session start: the output folder exists, the shot is sound, the model loads and runs."""
+    """Session start: the output folder exists, the shot is sound, the model loads and runs.
+
+    With keys, ``--frame`` is a keyframe (written as is: a cheap check). Without, it is filled
+    from its neighbours on its own (temporal off: not the frames before it in its window too);
+    either way only into the session's scratch folder."""
     from ...core import api
 
     out_dir = os.path.dirname(os.path.abspath(args.out))
@@ -196,11 +211,12 @@ def _prepare(args) -> int:
         shot = api.Shot(args.plate, args.mask, args.keys, os.path.join(scratch, "check.####" + ext),
                         args.frame, args.frame)
         settings = api.Settings(model=None if args.model == "default" else args.model, backend=args.backend,
-                                device=args.device, threads=args.threads or None)
+                                device=args.device, threads=args.threads or None, temporal=False)
         result = api.propagate(shot, settings, overwrite=True)
     info = result.model_info
+    keys = f"{len(api.scan(args.keys))} keyframe(s)" if args.keys else "no keyframes: sources from the shot's frames"
     print(f"keyprop farm: shot and model ok (model {info.get('path') or 'preset ' + str(info.get('preset'))}, "
-          f"{len(api.scan(args.keys))} keyframe(s)); output folder {out_dir}", flush=True)
+          f"{keys}); output folder {out_dir}", flush=True)
     return 0
 
 

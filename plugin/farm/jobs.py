@@ -2,7 +2,8 @@
 
 keyprop ships no scheduler. A shot becomes one job whose tasks are chunks of frames, each
 chunk one `keyprop run --frames A-B`; every chunk gives the pixels of a single run over the
-whole shot, so the engine may split, retry and reorder chunks as it likes.
+whole shot, so the engine may split, retry and reorder chunks as it likes. A job without
+keyframes (``keys`` empty) fills each frame from the shot's own frames, chunked the same way.
 
 Plain functions of a :class:`FarmJob`; nothing here talks to a farm (cli.py does).
 """
@@ -40,7 +41,7 @@ class FarmJob:
 
     plate: str
     mask: str
-    keys: str
+    keys: str                    # "" = no keyframes: each frame is filled from the shot's own frames
     out: str
     first: int
     last: int
@@ -54,6 +55,9 @@ class FarmJob:
     dilate: int = 0
     feather: float = 0.0
     max_keys: int = 2
+    max_sources: int = 4         # sources per target, keyframes included
+    plate_sources: bool = True   # False: with keyframes, only them (`--no-plate-sources`)
+    linear: str = "auto"         # 'auto', 'yes' or 'no' (`--linear`)
     work_res: int = 640
     threads: int = 0             # 0 = all cores of the worker
     existing: str = "overwrite"  # or 'resume': what a (re)run task does with finished frames
@@ -65,6 +69,10 @@ class FarmJob:
             raise ValueError(f"--chunk-size {self.chunk_size}: expected 1 or more frames per task")
         if self.existing not in ("overwrite", "resume"):
             raise ValueError(f"existing outputs: expected overwrite or resume, got {self.existing!r}")
+        if self.linear not in ("auto", "yes", "no"):
+            raise ValueError(f"--linear: expected auto, yes or no, got {self.linear!r}")
+        if self.max_sources < 1:
+            raise ValueError(f"--max-sources {self.max_sources}: expected 1 or more")
 
     @property
     def frames(self) -> str:
@@ -79,10 +87,17 @@ def chunks(first: int, last: int, size: int) -> List[tuple]:
 
 
 def run_arguments(job: FarmJob, frames: str) -> List[str]:
-    """The `keyprop run` arguments (after the executable) for one chunk; ``frames`` is 'A-B' or tokens."""
-    return ["run", "--plate", job.plate, "--mask", job.mask, "--keys", job.keys, "--out", job.out,
-            "--frames", frames, "--model", job.model, "--backend", job.backend, "--device", job.device,
-            "--dilate", str(job.dilate), "--feather", str(job.feather), "--max-keys", str(job.max_keys),
+    """The `keyprop run` arguments (after the executable) for one chunk; ``frames`` is 'A-B' or tokens.
+
+    Without keys there is no ``--keys``; ``--no-plate-sources`` only when asked for. (The
+    OpenJD template, whose arguments are fixed, passes ``--keys ""`` and the plate-sources
+    setting in a settings file instead: the same run.)
+    """
+    return ["run", "--plate", job.plate, "--mask", job.mask, *(["--keys", job.keys] if job.keys else []),
+            "--out", job.out, "--frames", frames, "--model", job.model, "--backend", job.backend,
+            "--device", job.device, "--dilate", str(job.dilate), "--feather", str(job.feather),
+            "--max-keys", str(job.max_keys), "--max-sources", str(job.max_sources),
+            *([] if job.plate_sources else ["--no-plate-sources"]), "--linear", job.linear,
             "--work-res", str(job.work_res), "--threads", str(job.threads), "--progress", "json",
             f"--{job.existing}"]
 
@@ -98,8 +113,9 @@ def openjd_parameter_values(job: FarmJob) -> Dict[str, object]:
         "Frames": job.frames, "ChunkSize": job.chunk_size,
         "WarmupFrame": job.first if job.warmup_frame is None else job.warmup_frame,
         "Model": job.model, "Backend": job.backend, "Device": job.device,
-        "Dilate": job.dilate, "Feather": float(job.feather), "MaxKeys": job.max_keys, "WorkRes": job.work_res,
-        "Threads": job.threads, "ExistingOutput": job.existing,
+        "Dilate": job.dilate, "Feather": float(job.feather), "MaxKeys": job.max_keys,
+        "MaxSources": job.max_sources, "PlateSources": "true" if job.plate_sources else "false",
+        "Linear": job.linear, "WorkRes": job.work_res, "Threads": job.threads, "ExistingOutput": job.existing,
     }
 
 
@@ -108,7 +124,7 @@ def openjd_asset_references(job: FarmJob) -> dict:
 
     Farms whose storage profile marks these folders as shared skip the transfer.
     """
-    inputs = sorted({os.path.dirname(p) or "." for p in (job.plate, job.mask, job.keys)})
+    inputs = sorted({os.path.dirname(p) or "." for p in (job.plate, job.mask, job.keys) if p})
     if job.model not in ("default",) and not job.model.startswith("preset:"):
         model_file = [job.model]
     else:
@@ -164,7 +180,7 @@ def deadline_job_info(job: FarmJob) -> str:
     lines = [
         "Plugin=CommandLine",
         f"Name=keyprop {job.name}",
-        "Comment=keyprop: fill masked regions from clean keyframes",
+        "Comment=keyprop: fill masked regions from " + ("clean keyframes" if job.keys else "the shot's own frames"),
         f"Frames={job.frames}",
         f"ChunkSize={job.chunk_size}",
         f"OutputDirectory0={out_dir}",
