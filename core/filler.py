@@ -26,7 +26,7 @@ import numpy as np
 from . import color
 from . import flow as flowlib
 from .composite import composite, composite_alpha, guidance, network_hole, poisson_fill
-from .fusion import Warped, fuse, match_colour
+from .fusion import Warped, context_fill, fuse, match_colour
 from .roi import ROI
 from .settings import Settings
 from .temporal import same_window
@@ -50,6 +50,9 @@ def rgb3(pixels: np.ndarray) -> np.ndarray:
 SOURCE_OFFSETS = (1, -1, 2, -2, 4, -4, 8, -8, 16, -16, 32, -32)
 # A plate source must show at least this share of the target's hole (once aligned).
 MIN_SOURCE_GAIN = 0.02
+# Share of the hole below which what no source shows is filled from its surroundings instead
+# of by the network (whose pass costs the whole working area, however few pixels it is for).
+SMALL_UNSHOWN = 0.05
 # What a plate source cannot show: its own hole and a rim of this many working pixels.
 SOURCE_HOLE_RIM = np.ones((5, 5), np.uint8)
 class LRU(OrderedDict):
@@ -235,7 +238,16 @@ class ShotFiller:
             shown |= w.error < flowlib.OUT_OF_FRAME_ERROR
         # The network runs only where some hole pixel has no source that shows it; its fill then
         # competes with the sources near the hole's border (core.fusion's context candidate).
-        network = None if warps and shown[hole > 0].all() else self._network_fill(target, hole, sources)
+        unshown = int(((hole > 0) & ~shown).sum())
+        if warps and unshown == 0:
+            network = None
+        elif warps and unshown <= SMALL_UNSHOWN * (hole > 0).sum():
+            # A sliver no source shows (where a flow leaves the frame at the hole's end): the
+            # surroundings fill it as well as the network would (a context_base model refines
+            # this same Telea fill), without a network pass over the whole working area.
+            network = context_fill(target, hole)
+        else:
+            network = self._network_fill(target, hole, sources)
         # Where the fill is seen (the composite's reach, at working size), and the plate there
         # unzeroed: the gradient-domain solve meets the plate exactly where the composite does.
         alpha = composite_alpha(self._crop(mask), s.dilate, s.feather)

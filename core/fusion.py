@@ -37,7 +37,7 @@ import numpy as np
 
 from . import flow as flowlib
 
-__all__ = ["Warped", "Fusion", "match_colour", "source_score", "fuse", "MAX_FLOW_ERROR_PX", "CONTEXT_COST"]
+__all__ = ["Warped", "Fusion", "match_colour", "source_score", "fuse", "MAX_FLOW_ERROR_PX", "CONTEXT_COST", "context_fill"]
 
 # Forward-backward flow error (working pixels) beyond which a known pixel counts as a mismatch.
 MAX_FLOW_ERROR_PX = 20.0
@@ -144,6 +144,20 @@ def source_score(warped: np.ndarray, target: np.ndarray, hole: np.ndarray, error
 def _difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Smoothed per-pixel mean absolute difference of two images (display units)."""
     return cv2.GaussianBlur(np.abs(a - b).mean(axis=2).astype(np.float32), (0, 0), AGREE_SIGMA)
+
+
+def context_fill(target: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    """The hole filled from its own surroundings (Telea, per channel, in float): (h, w, 3)."""
+    inside = hole > 0
+    if not inside.any():
+        return target.copy()
+    marks = inside.astype(np.uint8)
+    out = target.copy()
+    for c in range(target.shape[2]):
+        # OpenCV's float Telea works in 8-bit-like magnitudes (as core.model.context.prefill).
+        filled = cv2.inpaint(target[:, :, c] * np.float32(255.0), marks, 5, cv2.INPAINT_TELEA) / np.float32(255.0)
+        out[:, :, c] = np.where(inside, filled, target[:, :, c])
+    return out
 
 
 def _smooth_over(values: np.ndarray, where: np.ndarray, sigma: float) -> np.ndarray:

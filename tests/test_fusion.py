@@ -190,3 +190,22 @@ def test_network_runs_only_where_no_source_shows_the_hole():
     engine.fills = 0
     fill_frames(still, [masks[1]] * 3, [], engine, Settings(threads=2))
     assert engine.fills == 1
+
+
+def test_a_sliver_no_source_shows_is_filled_from_its_surroundings_without_the_network():
+    """A camera pan: the keyframes show the hole except a few columns at the frame's edge where
+    their flows leave the frame. Those are filled from the context; the network does not run."""
+    import cv2
+
+    h, w = 96, 128
+    rng = np.random.default_rng(3)
+    wide = cv2.GaussianBlur(rng.random((h, w + 40, 3)).astype(np.float32), (0, 0), 2.0)
+    truths = [np.ascontiguousarray(wide[:, 2 * i:2 * i + w]) for i in range(3)]   # 2 px a frame
+    mask = np.zeros((h, w), np.float32)
+    mask[30:60, 0:60] = 1                     # reaches the frame's left edge
+    frames = [truths[0], np.where(mask[:, :, None] > 0, np.float32(0.0), truths[1]), truths[2]]
+    engine = CountingEngine(create_engine("torch", model="preset:test", threads=2))
+    empty = np.zeros_like(mask)
+    out = fill_frames(frames, [empty, mask, empty], [2], engine, Settings(threads=2, plate_sources=False, temporal=False))
+    assert engine.fills == 0
+    assert np.abs(out[1] - truths[1])[mask > 0].mean() < 0.03
