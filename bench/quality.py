@@ -231,6 +231,16 @@ def table(results):
     return "\n".join(lines)
 
 
+def parse_settings(items, prog):
+    """``--set KEY=VALUE`` items -> {key: YAML value}; None (and one line on stderr) when one is
+    not KEY=VALUE. bench/real_quality.py takes the same option."""
+    try:
+        return {k.strip(): yaml.safe_load(v) for k, v in (item.split("=", 1) for item in items)}
+    except ValueError:
+        print(f"{prog}: --set takes KEY=VALUE", file=sys.stderr)
+        return None
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--real" in argv:
@@ -260,10 +270,8 @@ def main(argv=None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a keyprop setting for the keyprop method (e.g. prealign=false, plate_sources=false)")
     args = p.parse_args(argv)
-    try:
-        overrides = {k.strip(): yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
-    except ValueError:
-        print("quality.py: --set takes KEY=VALUE", file=sys.stderr)
+    overrides = parse_settings(args.set, "quality.py")
+    if overrides is None:
         return 2
     kinds = [k.strip() for k in args.shots.split(",") if k.strip()]
     unknown = [k for k in kinds if k not in KINDS and not (args.no_keys and k == "static_occluder")]

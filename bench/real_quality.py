@@ -47,7 +47,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout: import keyprop
 
@@ -314,10 +313,8 @@ def main(argv=None) -> int:
                    help="a keyprop setting for the keyprop method (e.g. prealign=false, plate_sources=false)")
     args = p.parse_args(argv)
     modes = args.modes or MODES
-    try:
-        overrides = {k.strip(): yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
-    except ValueError:
-        print("real_quality.py: --set takes KEY=VALUE", file=sys.stderr)
+    overrides = _quality().parse_settings(args.set, "real_quality.py")
+    if overrides is None:
         return 2
     clips = [c.strip() for c in args.clips.split(",") if c.strip()]
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]

