@@ -240,26 +240,26 @@ class ShotFiller:
         # competes with the sources near the hole's border (core.fusion's context candidate).
         unshown = int(((hole > 0) & ~shown).sum())
         if warps and unshown == 0:
-            network = None
+            context = None
         elif warps and unshown <= SMALL_UNSHOWN * (hole > 0).sum():
             # A sliver no source shows (where a flow leaves the frame at the hole's end): the
             # surroundings fill it as well as the network would (a context_base model refines
             # this same Telea fill), without a network pass over the whole working area.
-            network = context_fill(target, hole)
+            context = context_fill(target, hole)
         else:
-            network = self._network_fill(target, hole, sources)
+            context = self._network_fill(target, hole, sources)
         # Where the fill is seen (the composite's reach, at working size), and the plate there
         # unzeroed: the gradient-domain solve meets the plate exactly where the composite does.
         alpha = composite_alpha(self._crop(mask), s.dilate, s.feather)
         region = roi.resize_to_work(alpha) > 0
         plate_work = roi.resize_to_work(self._display(self._crop(pixels)))
         if warps:
-            fused = fuse(warps, target, hole, network)
+            fused = fuse(warps, target, hole, context)
             fill, weights, labels = fused.fill, fused.weights, fused.labels
             if s.gradient_domain:
                 fill = poisson_fill(fill, plate_work, region, *guidance(fused.sources, weights))
         else:
-            fill, weights, labels = network, None, np.full(hole.shape, -1, np.int16)
+            fill, weights, labels = context, None, np.full(hole.shape, -1, np.int16)
             if s.gradient_domain:   # the network's fill meets the plate without an edge too
                 fill = poisson_fill(fill, plate_work, region)
         self.last_labels = labels

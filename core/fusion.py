@@ -14,8 +14,8 @@ error. This module decides, per hole pixel, how much each source counts, from ev
   that have since moved (consensus is what outvotes them: near frames agree with each
   other). A small cost per doubling of the frame distance breaks exact ties.
 
-Where the network ran (a hole pixel no source shows), its fill is one more candidate, the
-*context*: its cost grows with the depth into the hole, so it takes what no source shows and
+Where some hole pixel has no source, the network's fill (or, for a sliver, Telea's) is one
+more candidate, the *context*: its cost grows with the depth into the hole, so it takes what no source shows and
 competes next to the plate, where the surroundings predict the hole well.
 
 The costs are smoothed so each source takes coherent regions, then turned into weights:
@@ -180,8 +180,8 @@ def fuse(warps: Sequence[Warped], target: np.ndarray, hole: np.ndarray,
         warps: the sources, each already exposure-matched (:func:`match_colour`).
         target: (h, w, 3) the target, its hole zeroed (only its known pixels are read).
         hole: (h, w) 0/1 working-size hole.
-        context: (h, w, 3) the hole filled from its own surroundings (the network's fill, where
-            it ran), or None. It is a candidate everywhere, at a cost that grows
+        context: (h, w, 3) the hole filled from its own surroundings (the network's fill, or
+            :func:`context_fill` where what no source shows is a sliver), or None. It is a candidate everywhere, at a cost that grows
             with the depth into the hole (CONTEXT_COST per working pixel): next to the plate
             the surroundings predict the hole better than any misaligned source (a thin wire);
             deep inside, a source that matched around the hole wins. Where no source shows a
