@@ -16,6 +16,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -785,12 +786,21 @@ print("RESULT", json.dumps({"result": sorted(result)}))
 
 def test_cancel_keeps_whole_frames(shot, tmp_path):
     """Ctrl-C in headless Blender stops after the current frame, leaving only whole frames."""
-    frames = 5
+    # A longer shot (the fixture's plates over and over): the frames after the first must take
+    # longer than Ctrl-C takes to arrive, or the run ends before it is cancelled (a tiny frame
+    # whose hole the carried fill shows fills in milliseconds). Not much longer: Blender 4.2
+    # rasterizes the mask of every frame before the worker starts (120 frames: over 2 minutes).
+    frames = 30
+    long_shot = tmp_path / "long"
+    (long_shot / "shot").mkdir(parents=True)
+    shutil.copy(shot / "test.pt", long_shot / "test.pt")
+    for f in range(1, frames + 1):
+        shutil.copy(shot / f"shot/plate.{(f - 1) % N + 1:04d}.exr", long_shot / f"shot/plate.{f:04d}.exr")
     out = tmp_path / "out" / "fill.####.exr"
     path = tmp_path / "cancel.py"
     path.write_text(PRELUDE + textwrap.dedent(CANCEL))
     env = {**os.environ, "BLENDER_USER_RESOURCES": str(tmp_path / "blender_user"), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([PY, str(path), str(shot), str(out), str(frames)], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([PY, str(path), str(long_shot), str(out), str(frames)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
     try:
         first = Path(core_expand(out, 1))
