@@ -11,6 +11,7 @@ live in their own modules::
     --> warped, exposure-matched sources, weighed per pixel (core.fusion); the network
         (engine.fill) only where no source shows a hole pixel
     --> composed in the gradient domain (core.composite.poisson_fill)
+    --> with a fused_base model, corrected by the network (engine.fill with the fused fill as base)
     -> plate size (+ keyframe detail where the keyframe fills and its warp is reliable)
     -> scene-linear if the plate is -> composited inside the mask only (core.composite)
 """
@@ -239,9 +240,12 @@ class ShotFiller:
         # The network runs only where some hole pixel has no source that shows it; its fill then
         # competes with the sources near the hole's border (core.fusion's context candidate).
         unshown = int(((hole > 0) & ~shown).sum())
+        # A fused_base model corrects the whole fused fill afterwards: the fusion's context
+        # candidate is then Telea's fill, as in the examples the model was trained on.
+        refine = s.refine and getattr(self.engine, "fused_base", False)
         if warps and unshown == 0:
             context = None
-        elif warps and unshown <= SMALL_UNSHOWN * (hole > 0).sum():
+        elif refine or (warps and unshown <= SMALL_UNSHOWN * (hole > 0).sum()):
             # A sliver no source shows (where a flow leaves the frame at the hole's end): the
             # surroundings fill it as well as the network would (a context_base model refines
             # this same Telea fill), without a network pass over the whole working area.
@@ -262,6 +266,8 @@ class ShotFiller:
             fill, weights, labels = context, None, np.full(hole.shape, -1, np.int16)
             if s.gradient_domain:   # the network's fill meets the plate without an edge too
                 fill = poisson_fill(fill, plate_work, region)
+        if refine:
+            fill = self._network_fill(target, hole, sources, base=fill)
         self.last_labels = labels
         self._previous = (frame, np.where(region[:, :, None], fill, plate_work).astype(np.float32)) \
             if frame is not None and s.temporal else None
@@ -293,9 +299,10 @@ class ShotFiller:
         f, e = self._flow(target_flow, self.plate_frame(prev)[2])
         return Warped(flowlib.warp(composed, f), e, 1, prev)
 
-    def _network_fill(self, target, hole, sources) -> np.ndarray:
+    def _network_fill(self, target, hole, sources, base: Optional[np.ndarray] = None) -> np.ndarray:
         """The network's fill (h, w, 3) at working size from the given sources (or the frame
-        itself, holed, when there are none: single-image inpainting)."""
+        itself, holed, when there are none: single-image inpainting); ``base`` (h, w, 3): the
+        fused fill a fused_base model corrects."""
         net_input = self._net_input(target, hole)
         if sources:
             handles = [make() for make, *_ in sources]
@@ -307,7 +314,8 @@ class ShotFiller:
             errs = [np.zeros(hole.shape, np.float32)]
         fill = self.engine.fill(net_input, handles,
                                 np.stack([f.transpose(2, 0, 1) for f in flows]),
-                                np.stack([e[None] for e in errs]))  # (3, h, w)
+                                np.stack([e[None] for e in errs]),
+                                None if base is None else np.ascontiguousarray(base.transpose(2, 0, 1)))  # (3, h, w)
         return np.ascontiguousarray(fill.transpose(1, 2, 0))
 
     def _restore_detail(self, fill, key_plate, flow_work, err_work, share=None):

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from .model import KeyframeCache, KeyPropNet, create_model, load_checkpoint, prepare_for_inference
-from .model.context import NetworkFrames
+from .model.context import NetworkFrames, with_base
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,8 @@ class Engine(Protocol):
     def encode_keyframe(self, frame: np.ndarray) -> KeyHandle: ...
 
     def fill(self, target: np.ndarray, keys: Sequence[KeyHandle], flows: np.ndarray,
-             flow_errs: np.ndarray) -> np.ndarray: ...
+             flow_errs: np.ndarray, base: Optional[np.ndarray] = None) -> np.ndarray: ...
+    # ``base`` (3, H, W): the fused fill a ``fused_base`` model corrects (its hole's RGB).
 
 
 def file_hash(path: Union[str, os.PathLike], length: int = 12) -> str:
@@ -124,6 +125,7 @@ class TorchEngine:
         self.stride = model.cfg.stride
         self.context_base = model.cfg.context_base   # frames get their hole prefilled first
         self._network_frame = NetworkFrames(self.context_base)
+        self.fused_base = model.cfg.fused_base       # fills correct the pipeline's fused fill
         provenance = getattr(model, "provenance", None)
         self.model_info = {
             "preset": getattr(model, "preset", "custom"),
@@ -145,12 +147,13 @@ class TorchEngine:
             return TorchKeyHandle(self.model.encode_keyframes(self._frame(frame)[None, None]))
 
     def fill(self, target: np.ndarray, keys: Sequence[TorchKeyHandle], flows: np.ndarray,
-             flow_errs: np.ndarray) -> np.ndarray:
+             flow_errs: np.ndarray, base: Optional[np.ndarray] = None) -> np.ndarray:
         if not keys:
             raise ValueError("fill needs at least one keyframe")
+        frame = self._frame(target) if base is None else self._tensor(with_base(target, base))
         with torch.inference_mode():
             cache = KeyframeCache.cat([k.cache for k in keys])
-            out = self.model.fill(self._frame(target)[None], cache, self._tensor(flows)[None],
+            out = self.model.fill(frame[None], cache, self._tensor(flows)[None],
                                   self._tensor(flow_errs)[None])
         return out[0].float().cpu().numpy()
 

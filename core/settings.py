@@ -30,6 +30,7 @@ class Settings:
     prealign: bool = True            # pre-align sources by a feature homography before DIS
     gradient_domain: bool = True     # compose the fill in the gradient domain (no seams at the border or between sources)
     temporal: bool = True            # carry each frame's fill to the next frame of its window (core.temporal)
+    refine: bool = True              # with a fused_base model: the network corrects every fused fill
     threads: Optional[int] = None    # CPU threads for the engine (None = all)
 
     @classmethod

@@ -147,6 +147,7 @@ class OnnxEngine:
                                "hash": self.model_hash, "path": getattr(self._model, "model_path", None)}
             self.stride = cfg.stride
             self.context_base = cfg.context_base
+            self.fused_base = cfg.fused_base
             from .graphs import cache_names
 
             self.cache_names = cache_names(self._model)
@@ -189,6 +190,7 @@ class OnnxEngine:
         self.cache_names = list(manifest["cache_names"])
         self.stride = int(manifest.get("stride", 8))
         self.context_base = bool(manifest.get("context_base", False))
+        self.fused_base = bool(manifest.get("fused_base", False))
         self.model_info = {"preset": manifest.get("preset", "custom"), "origin": "onnx-export",
                            "hash": self.model_hash, "path": str(folder)}
 
@@ -270,7 +272,7 @@ class OnnxEngine:
         return OnnxKeyHandle(size, outputs)
 
     def fill(self, target: np.ndarray, keys: Sequence[OnnxKeyHandle], flows: np.ndarray,
-             flow_errs: np.ndarray) -> np.ndarray:
+             flow_errs: np.ndarray, base: Optional[np.ndarray] = None) -> np.ndarray:
         from .exporter import FILLER
         from .graphs import join_caches
 
@@ -285,7 +287,10 @@ class OnnxEngine:
             raise ValueError(f"flows must be {(t, 2) + size} and flow_errs {(t, 1) + size} for {t} keyframes, got "
                              f"{flows.shape} and {flow_errs.shape}")
         session = self._session(FILLER, size)
-        feeds = {"target": self._frame(target)[None],
+        from ..core.model.context import with_base
+
+        frame = self._frame(target) if base is None else with_base(target, base)
+        feeds = {"target": frame[None],
                  "flows": np.ascontiguousarray(flows, dtype=np.float32)[None],
                  "flow_errs": np.ascontiguousarray(flow_errs, dtype=np.float32)[None]}
         feeds.update(zip(self.cache_names, join_caches(self.cache_names, [k.tensors for k in keys])))

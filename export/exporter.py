@@ -191,6 +191,7 @@ def write_manifest(out_dir: Path, model: KeyPropNet, key: str, options: ExportOp
     manifest = {"format": "keyprop-onnx", "keyprop_version": __version__, "model_hash": key,
                 "preset": str(getattr(model, "preset", "custom")), "variant": options.variant,
                 "opset": OPSET, "stride": model.cfg.stride, "context_base": model.cfg.context_base,
+                "fused_base": model.cfg.fused_base,
                 "sizes_wxh": sizes, "cache_names": cache_names(model)}
     with io.open(manifest_path, "w") as f:
         json.dump(manifest, f, indent=1)

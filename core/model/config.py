@@ -47,6 +47,10 @@ class NetConfig:
                                   # surroundings (Telea) and the output logits are a residual
                                   # on the target's logit: colour comes from the frame's own
                                   # context from the first step of training
+    fused_base: bool = False      # ours (needs context_base): the target's hole arrives filled
+                                  # by the shot pipeline's fusion (warped sources, composed in the
+                                  # gradient domain) rather than by Telea, and the network learns
+                                  # the correction to it (core.filler refines every fill with it)
 
     def __post_init__(self):
         if not 0.0 < self.ratio_global < 1.0 and self.block_type == "ffc":
@@ -57,6 +61,8 @@ class NetConfig:
             raise ValueError(f"out_act must be 'sigmoid', 'tanh' or 'none', got {self.out_act!r}")
         if self.context_base and self.out_act != "sigmoid":
             raise ValueError(f"context_base needs out_act 'sigmoid' (a residual in logits), got {self.out_act!r}")
+        if self.fused_base and not self.context_base:
+            raise ValueError("fused_base needs context_base (the correction is a residual on the fused fill)")
         if self.warp_kernel < 1 or self.warp_kernel % 2 == 0:
             raise ValueError(f"warp_kernel must be an odd number >= 1, got {self.warp_kernel}")
         if self.bottleneck_channels != self.latent_dim:
@@ -145,7 +151,7 @@ class NetConfig:
 
     def to_reference(self) -> Dict[str, Any]:
         """The authors' constructor arguments for this config (inverse of from_reference)."""
-        if self.warp_kernel != 1 or self.latent_dim != 512 or self.context_base:
+        if self.warp_kernel != 1 or self.latent_dim != 512 or self.context_base or self.fused_base:
             raise ValueError("this config has no equivalent in the authors' generator "
                              f"(warp_kernel={self.warp_kernel}, latent_dim={self.latent_dim}, "
                              f"context_base={self.context_base})")

@@ -36,6 +36,18 @@ def prefill(frame: np.ndarray) -> np.ndarray:
     return out
 
 
+def with_base(frame: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """``frame`` (4, H, W) as above with its hole's RGB taken from ``base`` (3, H, W): the
+    target of a ``fused_base`` model, whose hole arrives filled by the shot pipeline's fusion.
+    Known pixels and the mask channel unchanged; a new float32 array."""
+    out = np.array(frame, dtype=np.float32, copy=True)
+    if base.shape != out[:3].shape:
+        raise ValueError(f"base must be {out[:3].shape}, got {base.shape}")
+    hole = out[3] > 0.5
+    out[:3] = np.where(hole, np.clip(base, 0.0, 1.0), out[:3])
+    return out
+
+
 class NetworkFrames:
     """Engine input frames (4, H, W) -> what the network takes: float32, and for a
     ``context_base`` model with the hole prefilled.

@@ -47,7 +47,8 @@ import numpy as np
 from .shots import Shot
 
 __all__ = ["CLIPS", "KINDS", "DEFAULT_START", "data_folder", "clip_frames", "frame_differences", "detect_cuts",
-           "clip_cuts", "check_segment", "load_segment", "make_real_shot", "real_shots"]
+           "clip_cuts", "check_segment", "load_segment", "make_real_shot", "real_shots", "training_sequences",
+           "HELD_OUT"]
 
 CLIPS = {"bikes": "bikes.mp4", "bbb": "bigbuckbunny.mp4", "carphone": "carphone_pristine.mp4"}
 KINDS = ("walker", "wire")
@@ -280,3 +281,31 @@ def real_shots(clips: Sequence[str] = tuple(CLIPS), kinds: Sequence[str] = KINDS
                max_side: Optional[int] = None) -> Dict[str, Shot]:
     """{name: shot} for every clip x kind."""
     return {f"{c}_{k}": make_real_shot(c, k, frames, seed=seed, max_side=max_side) for c in clips for k in kinds}
+
+
+# Frames of each clip that training never sees: the benchmark's segments (DEFAULT_START, up
+# to 32 frames long) with 8 frames either side.
+HELD_OUT = {clip: (start - 8, start + 40) for clip, start in DEFAULT_START.items()}
+
+
+def training_sequences(max_side: int = 512, min_frames: int = 8) -> List[List[np.ndarray]]:
+    """The clips' frames outside HELD_OUT, cut into their shots (no sequence crosses a cut),
+    as float32 RGB lists downscaled to ``max_side``: real motion for training examples."""
+    out = []
+    for clip in CLIPS:
+        frames = clip_frames(clip)
+        lo, hi = HELD_OUT[clip]
+        bounds = sorted({0, len(frames), *clip_cuts(clip), max(0, lo), min(len(frames), hi)})
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            if b - a < min_frames or (a >= lo and b <= hi):
+                continue
+            seq = []
+            for f in frames[a:b]:
+                f = f.astype(np.float32) / 255.0
+                scale = max_side / max(f.shape[:2])
+                if scale < 1.0:
+                    f = cv2.resize(f, (round(f.shape[1] * scale), round(f.shape[0] * scale)),
+                                   interpolation=cv2.INTER_AREA)
+                seq.append(np.ascontiguousarray(f, dtype=np.float32))
+            out.append(seq)
+    return out

