@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import statistics
 import threading
 import time
 from dataclasses import dataclass, field
@@ -33,8 +34,8 @@ from .settings import Settings
 from .shot import Shot, expand, plan_keyframes, scan
 from .temporal import chain
 
-__all__ = ["Settings", "FrameEvent", "Result", "ShotFiller", "propagate", "fill_frames", "source_candidates",
-           "composite_alpha", "network_hole", "Shot", "expand", "scan", "plan_keyframes"]
+__all__ = ["Settings", "FrameEvent", "Result", "eta_seconds", "ShotFiller", "propagate", "fill_frames",
+           "source_candidates", "composite_alpha", "network_hole", "Shot", "expand", "scan", "plan_keyframes"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class FrameEvent:
+    """One frame written (or skipped).
+
+    ``seconds``: wall time from the previous frame's completion (the run's start, for the
+    first frame: it carries the setup, model load and mask scan) to this frame's file being
+    written; the frames' seconds add up to the run's wall time, none counted twice. Frames
+    are read ahead and written behind, so a frame's event can arrive after the next
+    frame's fill, but its seconds stop when its own write did.
+    """
     frame: int
     status: str          # 'filled', 'keyframe', 'passthrough' (empty mask), 'skipped' (resume)
     done: int
@@ -52,6 +61,19 @@ class FrameEvent:
 
 
 ProgressFn = Callable[[FrameEvent], None]
+
+ETA_WINDOW = 8   # frames: the ETA's rate is the median of this many recent per-frame times
+
+
+def eta_seconds(recent: Sequence[float], left: int, window: int = ETA_WINDOW) -> float:
+    """Seconds left for ``left`` frames at a robust recent rate: the median of the last
+    ``window`` per-frame times, the lower middle one for an even count (one slow or fast
+    frame does not move it, not even among two; a lasting change of pace does within
+    ``window // 2`` frames). 0 with no times or nothing left."""
+    tail = list(recent)[-window:]
+    if left <= 0 or not tail:
+        return 0.0
+    return statistics.median_low(tail) * left
 
 
 @dataclass
@@ -143,6 +165,7 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
     frames; finished frames stay. ``resume`` keeps existing output frames; ``overwrite``
     replaces them; with neither, existing outputs are an error.
     """
+    started = time.perf_counter()   # the first frame's seconds count from here (see FrameEvent)
     from .runtime import create_engine
 
     settings = settings or Settings()
@@ -239,6 +262,7 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
             return filler.fill(plate.region(*box), mask, plan, source_candidates(k, plate_with_masks), k)
 
         total, done = len(frames), 0
+        clock = [started]   # when the last reported frame was complete
         for frame in frames:
             # Decode the next frames (next targets, and the next source beyond them) while this
             # one is filled: codecs release the GIL.
@@ -249,7 +273,6 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
                 result.cancelled = True
                 log.info("cancelled after %d of %d frames", done, total)
                 break
-            t0 = time.perf_counter()
             out_path = expand(shot.out, frame)
             if resume and os.path.exists(out_path):
                 status, job = "skipped", None
@@ -277,23 +300,32 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
                     filled = fill_one(frame, plate, mask)
                     job = (io.write_frame, out_path, plate, filled, (box[0], box[2]))
             # The write overlaps the next frame's fill; a frame counts as done once written.
-            for event in frame_io.submit(job, (frame, status, t0, out_path)):
-                done = _report(result, progress, event, done, total)
+            for event in frame_io.submit(job, (frame, status, out_path)):
+                done = _report(result, progress, event, done, total, clock)
         for event in frame_io.drain():
-            done = _report(result, progress, event, done, total)
+            done = _report(result, progress, event, done, total, clock)
         return result
     finally:
         frame_io.close()
 
 
-def _report(result: Result, progress, event, done: int, total: int) -> int:
-    frame, status, t0, path = event
+def _report(result: Result, progress, event, done: int, total: int, clock: list) -> int:
+    """Count one finished frame; its seconds run from the previous frame's completion
+    (``clock[0]``) to its own (the end of its write, or its submit when nothing was written)."""
+    frame, status, path, finished = event
     done += 1
     result.frames.append(frame)
     result.statuses[frame] = status
+    seconds, clock[0] = max(finished - clock[0], 0.0), max(finished, clock[0])
     if progress is not None:
-        progress(FrameEvent(frame, status, done, total, time.perf_counter() - t0, path))
+        progress(FrameEvent(frame, status, done, total, seconds, path))
     return done
+
+
+def _timed(fn, *args) -> float:
+    """Run ``fn(*args)``; the time it ended (on the writer thread, not when it is collected)."""
+    fn(*args)
+    return time.perf_counter()
 
 
 class _FrameIO:
@@ -314,20 +346,23 @@ class _FrameIO:
         self.reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keyprop-read")
 
     def submit(self, job, event):
-        """Queue ``job`` (fn, *args) or None; yields the events of writes now finished."""
+        """Queue ``job`` (fn, *args) or None; returns the events of writes now finished, each
+        with the time its frame was complete appended (the write's end; for no job, now)."""
         finished = list(self.drain())
-        future = self._pool.submit(job[0], *job[1:]) if job is not None else None
-        self._pending = (future, event)
+        if job is None:
+            self._pending = (None, event, time.perf_counter())
+        else:
+            self._pending = (self._pool.submit(_timed, *job), event, None)
         return finished
 
     def drain(self):
         if self._pending is None:
             return []
-        future, event = self._pending
+        future, event, at = self._pending
         self._pending = None
         if future is not None:
-            future.result()
-        return [event]
+            at = future.result()
+        return [event + (at,)]
 
     def close(self):
         pending, self._pending = self._pending, None

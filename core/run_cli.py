@@ -9,19 +9,19 @@ kept), 1 anything else.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Optional
 
 import yaml
 
-from .api import FrameEvent, Settings, propagate
+from .api import FrameEvent, Settings, eta_seconds, propagate
 from .errors import KeypropInputError
 from .shot import Shot, expand, scan
 
@@ -129,18 +129,31 @@ def _settings_and_shot(values: dict):
 
 
 class ProgressPrinter:
-    """'bar': one updating line on stderr with frames, fps and ETA; 'json': a JSON line per frame."""
+    """'bar': one updating line on stderr with frames, the frame's seconds and the ETA;
+    'json': a JSON line per frame on stdout.
+
+    The ETA is :func:`core.api.eta_seconds` over the frames worked on (not 'skipped' ones),
+    leaving out the run's first frame once there are others (its seconds carry the setup).
+    A bar line is ended (``end_line``) before anything else is written to its stream: the
+    summary, an error, the Ctrl-C message, log records (``guard_logging``).
+    """
 
     def __init__(self, mode: str, stream_bar=None, stream_json=None):
         # Streams are looked up now, not at import: hosts and tests swap sys.stdout/stderr.
         self.mode = mode
         self.bar_out = stream_bar or sys.stderr
         self.json_out = stream_json or sys.stdout
-        self.started = time.perf_counter()
+        self.times = []          # (first event of the run?, seconds) of frames worked on
+        self.open = False        # a bar line is on bar_out without its newline
+
+    def eta(self, ev: FrameEvent) -> float:
+        if ev.status != "skipped":
+            self.times.append((ev.done == 1, ev.seconds))
+        steady = [t for first, t in self.times if not first] or [t for _, t in self.times]
+        return eta_seconds(steady, ev.total - ev.done)
 
     def __call__(self, ev: FrameEvent) -> None:
-        elapsed = time.perf_counter() - self.started
-        eta = elapsed / ev.done * (ev.total - ev.done) if ev.done else 0.0
+        eta = self.eta(ev)
         if self.mode == "json":
             record = {"event": "frame", "frame": ev.frame, "status": ev.status, "done": ev.done,
                       "total": ev.total, "seconds": round(ev.seconds, 3), "eta": round(eta, 1), "path": ev.path}
@@ -150,11 +163,40 @@ class ProgressPrinter:
             filled = int(width * ev.done / max(ev.total, 1))
             line = (f"\r[{'#' * filled}{'.' * (width - filled)}] {ev.done}/{ev.total} frames  "
                     f"frame {ev.frame} {ev.status:11s} {ev.seconds:5.1f}s  ETA {eta:5.0f}s")
-            print(line, end="" if ev.done < ev.total else "\n", file=self.bar_out, flush=True)
+            print(line, end="", file=self.bar_out, flush=True)
+            self.open = True
+            if ev.done >= ev.total:
+                self.end_line()
 
-    def finish(self) -> None:
-        if self.mode == "bar":
-            print(file=self.bar_out, flush=True)
+    def end_line(self) -> bool:
+        """End the bar's line if one is open (idempotent); whether one was."""
+        if not self.open:
+            return False
+        self.open = False
+        print(file=self.bar_out, flush=True)
+        return True
+
+    finish = end_line
+
+    @contextlib.contextmanager
+    def guard_logging(self):
+        """While inside, log records for handlers writing to the bar's stream end its line first."""
+        printer = self
+
+        class EndBarLine(logging.Filter):
+            def filter(self, record):
+                printer.end_line()
+                return True
+
+        guard = EndBarLine()
+        handlers = [h for h in logging.getLogger().handlers if getattr(h, "stream", None) is self.bar_out]
+        for handler in handlers:
+            handler.addFilter(guard)
+        try:
+            yield
+        finally:
+            for handler in handlers:
+                handler.removeFilter(guard)
 
 
 def _check_keys_given(shot: Shot) -> None:
@@ -220,15 +262,18 @@ def _run(settings, shot: Shot, run: dict) -> int:
         if cancel.is_set():
             raise KeyboardInterrupt
         cancel.set()
-        print("\nkeyprop: stopping after the current frame (Ctrl-C again to abort now)", file=sys.stderr,
-              flush=True)
+        # On a line of its own: after the bar's, or after the terminal's ^C.
+        print(("" if printer.end_line() else "\n") + "keyprop: stopping after the current frame "
+              "(Ctrl-C again to abort now)", file=sys.stderr, flush=True)
 
     previous = signal.signal(signal.SIGINT, on_sigint) if threading.current_thread() is threading.main_thread() \
         else None
     try:
-        result = propagate(shot, settings, progress=printer, cancel=cancel, resume=bool(run.get("resume")),
-                           overwrite=bool(run.get("overwrite")))
+        with printer.guard_logging():
+            result = propagate(shot, settings, progress=printer, cancel=cancel, resume=bool(run.get("resume")),
+                               overwrite=bool(run.get("overwrite")))
     finally:
+        printer.end_line()   # the summary, or the error, starts on a line of its own
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
     info = result.model_info

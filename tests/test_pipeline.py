@@ -517,3 +517,122 @@ def test_caches_stay_bounded_over_a_long_shot(engine):
         filler.fill(frames[i], masks[i], [0] if i else [], source_candidates(i, set(range(24))), i)
         assert len(filler._dis) <= filler._dis.size and len(filler._plate) <= filler._plate.size
     assert all(tag[0] == "plate" for pair in filler._dis for tag in pair)
+
+
+# --- honest progress (issue "Keyless fills at working speed", item 5) -----------------------
+
+def test_json_progress_seconds_add_up_to_the_run(tmp_path, capsys):
+    """Each frame's seconds run from the previous frame's completion to its own: summed, the
+    run's wall time (the frames are read ahead and written behind; none is counted twice)."""
+    import time
+
+    shot = write_shot(tmp_path, keys=())   # keyless: the shot's own frames as sources
+    args = ["run", "--plate", shot.plate, "--mask", shot.mask, "--out", shot.out,
+            "--model", MODEL, "--progress", "json", "--threads", "2"]
+    started = time.perf_counter()
+    code, out, err = run_cli(args, capsys)
+    wall = time.perf_counter() - started
+    assert code == 0, err
+    frames = [e for e in map(json.loads, out.splitlines()) if e["event"] == "frame"]
+    assert len(frames) == N and all(e["seconds"] >= 0 for e in frames)
+    total = sum(e["seconds"] for e in frames)
+    assert abs(total - wall) <= max(0.1 * wall, 0.3), (total, wall, [e["seconds"] for e in frames])
+
+
+def test_progress_seconds_never_run_ahead_of_the_clock(tmp_path, engine):
+    """When a frame's event arrives, the seconds reported so far fit in the time since the
+    call began (the old clock counted the next frame's fill in each frame too)."""
+    import time
+
+    shot = write_shot(tmp_path)
+    (tmp_path / "out").mkdir()
+    seen = []
+    started = time.perf_counter()
+    propagate(shot, Settings(model=MODEL), engine=engine,
+              progress=lambda ev: seen.append((ev.seconds, time.perf_counter() - started)))
+    assert len(seen) == N
+    reported = 0.0
+    for seconds, elapsed in seen:
+        reported += seconds
+        assert reported <= elapsed + 1e-6, seen
+    assert reported >= 0.9 * seen[-1][1] - 0.05, seen   # and nothing left out
+
+
+def test_eta_is_the_recent_median_rate():
+    from keyprop.core.api import eta_seconds
+
+    steady = [1.0] * 8
+    assert eta_seconds(steady, 10) == pytest.approx(10.0)
+    assert eta_seconds(steady[:-1] + [30.0], 10) == pytest.approx(10.0)   # one slow frame: no jump
+    assert eta_seconds(steady[:-1] + [0.01], 10) == pytest.approx(10.0)   # nor one fast one
+    assert eta_seconds([1.0, 30.0], 10) == pytest.approx(10.0)            # even among two
+    assert eta_seconds([9.0] * 20 + [2.0] * 5, 10) == pytest.approx(20.0)  # recent frames, not since start
+    assert eta_seconds([], 10) == 0.0 and eta_seconds(steady, 0) == 0.0
+
+
+def _bar_run(monkeypatch, events, end=None):
+    """`keyprop run --progress bar` with propagate replaced: emits ``events`` (done, total,
+    seconds), then ``end``: None (a normal finish), 'cancel', or an exception to raise."""
+    import io as stdio
+    import keyprop.core.run_cli as run_cli_module
+    from keyprop.core.api import FrameEvent, Result
+
+    def fake_propagate(shot, settings, progress=None, cancel=None, **kwargs):
+        result = Result(model_info={"preset": "test"})
+        for done, total, seconds in events:
+            result.frames.append(100 + done)
+            result.statuses[100 + done] = "filled"
+            progress(FrameEvent(100 + done, "filled", done, total, seconds, ""))
+        if isinstance(end, Exception):
+            raise end
+        result.cancelled = end == "cancel"
+        return result
+
+    monkeypatch.setattr(run_cli_module, "propagate", fake_propagate)
+    err = stdio.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    shot = Shot("p.####.png", "m.####.png", "", "out/f.####.png")
+    try:
+        code = run_cli_module._run(Settings(model=MODEL), shot, {"progress": "bar"})
+    except ValueError as exc:   # as main_guarded prints it
+        print(f"keyprop: {exc}", file=sys.stderr)
+        code = 2
+    return code, err.getvalue()
+
+
+@pytest.mark.parametrize("end", [None, "cancel", ValueError("bad frame")])
+def test_bar_ends_its_line_before_the_summary(monkeypatch, end):
+    events = [(1, 4, 1.0), (2, 4, 1.0)] if end is not None else [(d, 4, 1.0) for d in (1, 2, 3, 4)]
+    code, err = _bar_run(monkeypatch, events, end)
+    assert code == {None: 0, "cancel": 130}.get(end, 2), err
+    assert err.count("\r") == len(events)
+    after_bar = err[err.rindex("\r"):]
+    bar_line, rest = after_bar.split("\n", 1)
+    assert "ETA" in bar_line and "keyprop" not in bar_line, err   # the bar's last line, ended
+    assert rest.startswith("keyprop: "), err                      # the summary / error on its own line
+    assert "\n\n" not in err, err                                  # and no blank line either
+
+
+def test_bar_line_ends_before_a_log_record():
+    import io as stdio
+    import logging
+    from keyprop.core.api import FrameEvent
+    from keyprop.core.run_cli import ProgressPrinter
+
+    stream = stdio.StringIO()
+    printer = ProgressPrinter("bar", stream_bar=stream)
+    handler = logging.StreamHandler(stream)
+    logger = logging.getLogger()
+    logger.addHandler(handler)
+    try:
+        with printer.guard_logging():
+            printer(FrameEvent(101, "filled", 1, 3, 1.0))
+            logging.getLogger("keyprop.test").warning("frame 102: a warning")
+            printer(FrameEvent(102, "filled", 2, 3, 1.0))
+        printer.end_line()
+        printer.end_line()   # idempotent
+    finally:
+        logger.removeHandler(handler)
+    lines = stream.getvalue().split("\n")
+    assert lines[0].startswith("\r[") and lines[1] == "frame 102: a warning" and lines[2].startswith("\r[")
+    assert lines[3:] == [""]
