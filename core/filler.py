@@ -54,6 +54,10 @@ MIN_SOURCE_GAIN = 0.02
 # Share of the hole below which what no source shows is filled from its surroundings instead
 # of by the network (whose pass costs the whole working area, however few pixels it is for).
 SMALL_UNSHOWN = 0.05
+# Or when it is thin: nowhere farther than this many working pixels from a pixel that is known
+# or shown (a wire's end, a stripe along a matte's edge), where Telea continues the
+# surroundings across as well as the network does.
+THIN_UNSHOWN = 8.0
 # What a plate source cannot show: its own hole and a rim of this many working pixels.
 SOURCE_HOLE_RIM = np.ones((5, 5), np.uint8)
 class LRU(OrderedDict):
@@ -239,16 +243,18 @@ class ShotFiller:
             shown |= w.error < flowlib.OUT_OF_FRAME_ERROR
         # The network runs only where some hole pixel has no source that shows it; its fill then
         # competes with the sources near the hole's border (core.fusion's context candidate).
-        unshown = int(((hole > 0) & ~shown).sum())
+        unshown_mask = (hole > 0) & ~shown
+        unshown = int(unshown_mask.sum())
         # A fused_base model corrects the whole fused fill afterwards: the fusion's context
         # candidate is then Telea's fill, as in the examples the model was trained on.
         refine = s.refine and getattr(self.engine, "fused_base", False)
         if warps and unshown == 0:
             context = None
-        elif refine or (warps and unshown <= SMALL_UNSHOWN * (hole > 0).sum()):
-            # A sliver no source shows (where a flow leaves the frame at the hole's end): the
-            # surroundings fill it as well as the network would (a context_base model refines
-            # this same Telea fill), without a network pass over the whole working area.
+        elif refine or (warps and (unshown <= SMALL_UNSHOWN * (hole > 0).sum() or thin(unshown_mask))):
+            # A sliver or a thin stripe no source shows (where a flow leaves the frame at the
+            # hole's end, a static wire's unrevealed stretch): the surroundings fill it as well
+            # as the network would (a context_base model refines this same Telea fill),
+            # without a network pass over the whole working area.
             context = context_fill(target, hole)
         else:
             context = self._network_fill(target, hole, sources)
@@ -351,6 +357,15 @@ class ShotFiller:
         region = out if shape == (roi.height, roi.width) else out[roi.y0:roi.y1, roi.x0:roi.x1]
         region[...] = cv2.resize(self.last_labels, (roi.width, roi.height), interpolation=cv2.INTER_NEAREST)
         return out
+
+
+def thin(region: np.ndarray, radius: float = THIN_UNSHOWN) -> bool:
+    """Whether no pixel of ``region`` (H, W) bool lies farther than ``radius`` pixels from
+    a pixel outside it."""
+    if not region.any():
+        return True
+    inside = np.pad(region, 1, constant_values=True).astype(np.uint8)   # the frame edge is not outside
+    return float(cv2.distanceTransform(inside, cv2.DIST_L2, 3).max()) <= radius
 
 
 def source_candidates(frame: int, available) -> List[int]:
