@@ -57,7 +57,7 @@ SMALL_UNSHOWN = 0.05
 # Or when it is thin: nowhere farther than this many working pixels from a pixel that is known
 # or shown (a wire's end, a stripe along a matte's edge), where Telea continues the
 # surroundings across as well as the network does.
-THIN_UNSHOWN = 8.0
+THIN_UNSHOWN = 12.0
 # What a plate source cannot show: its own hole and a rim of this many working pixels.
 SOURCE_HOLE_RIM = np.ones((5, 5), np.uint8)
 class LRU(OrderedDict):
@@ -365,7 +365,7 @@ def thin(region: np.ndarray, radius: float = THIN_UNSHOWN) -> bool:
     if not region.any():
         return True
     inside = np.pad(region, 1, constant_values=True).astype(np.uint8)   # the frame edge is not outside
-    return float(cv2.distanceTransform(inside, cv2.DIST_L2, 3).max()) <= radius
+    return float(cv2.distanceTransform(inside, cv2.DIST_L2, 3)[1:-1, 1:-1].max()) <= radius
 
 
 def source_candidates(frame: int, available) -> List[int]:
