@@ -186,3 +186,22 @@ def test_worker_processes_make_the_same_batches(tmp_path):
     for step, batch in zip((1, 2), got):
         want = trainer.stream.batch_at(step)
         assert all(torch.equal(batch[k], want[k]) for k in want)
+
+
+def test_network_ablation_bench_runs(tmp_path, capsys):
+    """bench/network_ablation.py: network off vs on, side by side, on the static-occluder shot."""
+    from conftest import load_script
+
+    path = tmp_path / "fb.pt"
+    save_checkpoint(fused_model(seed=4), path, preset="test")
+    bench = load_script("bench/network_ablation.py", "network_ablation_under_test")
+    out = tmp_path / "ablation.json"
+    assert bench.main(["--model", str(path), "--off-model", "preset:test", "--parts", "static",
+                       "--threads", "1", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| no_keys | static_occluder |" in text and "telea PSNR" in text
+    import json
+    row = json.loads(out.read_text())["static"]["no_keys/static_occluder"]
+    assert set(row) == {"off", "on", "telea"} and all(np.isfinite(row[k]["psnr"]) for k in row)
+    with pytest.raises(SystemExit, match="not a fused_base model"):
+        bench.main(["--model", "preset:test", "--parts", "static"])
