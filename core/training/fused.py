@@ -24,17 +24,16 @@ target. Everything depends on (seed, index) only, as the other training streams 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import cv2
 import numpy as np
-import torch
 
 from ..filler import SOURCE_OFFSETS, ShotFiller
 from ..model import context
 from ..roi import ROI
 from ..settings import Settings
-from .data import collate, example_seed
+from .data import ExampleStream, example_seed
 from .sources import PictureBank
 from .synth import SynthSettings, _occluder, make_example
 
@@ -195,15 +194,9 @@ def fused_arrays(call: Dict[str, np.ndarray], n_srcs: int) -> Dict[str, np.ndarr
 
 
 @dataclass
-class FusedStream:
+class FusedStream(ExampleStream):
     """Batches of captured examples for step ``step`` (deterministic), like ExampleStream."""
 
-    bank: PictureBank
-    size: int
-    n_refs: int
-    batch: int
-    seed: int = 0
-    settings: SynthSettings = SynthSettings()
     fused: FusedSettings = FusedSettings()
     prefill: bool = True           # a fused_base model is a context_base model
 
@@ -211,9 +204,3 @@ class FusedStream:
         call = fused_example(self.bank, example_seed(self.seed, index), self.size, self.n_refs, self.settings,
                              self.fused)
         return fused_arrays(call, self.n_refs)
-
-    def batch_at(self, step: int) -> Dict[str, torch.Tensor]:
-        return collate([self.example(step * self.batch + i) for i in range(self.batch)])
-
-    def fixed_set(self, count: int, offset: int = 10 ** 9) -> List[Dict[str, torch.Tensor]]:
-        return [collate([self.example(offset + i)]) for i in range(count)]

@@ -330,7 +330,7 @@ class Trainer:
         self.model.check_size(cfg.data.size, cfg.data.size, "data.size")
         if stream is None and self.model.cfg.fused_base:
             stream = FusedStream(build_bank(cfg.data), cfg.data.size, cfg.data.refs, cfg.data.batch, t.seed,
-                                 synth_settings(cfg.data), FusedSettings(**cfg.data.fused))
+                                 synth_settings(cfg.data), fused=FusedSettings(**cfg.data.fused))
         elif stream is None:
             stream = ExampleStream(build_bank(cfg.data), cfg.data.size, cfg.data.refs, cfg.data.batch, t.seed,
                                    synth_settings(cfg.data), prefill=self.model.cfg.context_base)
@@ -492,7 +492,9 @@ class Trainer:
             return (self.stream.batch_at(step) for step in range(self.step, self.cfg.train.steps))
         loader = torch.utils.data.DataLoader(_StepBatches(self.stream, self.step, self.cfg.train.steps),
                                              batch_size=None, num_workers=workers, worker_init_fn=_one_thread,
-                                             prefetch_factor=4, pin_memory=self.device == "cuda")
+                                             prefetch_factor=4, pin_memory=self.device == "cuda",
+                                             # fork after torch's OpenMP threads ran can hang the child
+                                             multiprocessing_context="spawn")
         return iter(loader)
 
     def _validate(self, val) -> bool:
