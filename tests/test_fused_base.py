@@ -205,3 +205,24 @@ def test_network_ablation_bench_runs(tmp_path, capsys):
     assert set(row) == {"off", "on", "telea"} and all(np.isfinite(row[k]["psnr"]) for k in row)
     with pytest.raises(SystemExit, match="not a fused_base model"):
         bench.main(["--model", "preset:test", "--parts", "static"])
+
+
+def test_shipped_fused_base_recipe_runs_a_step_on_cpu(tmp_path):
+    """core/training/configs/fused_base.yaml (the GPU recipe, `--device cuda --workers N
+    --minutes 9 --run-dir DIR`) for one step on the CPU, with a worker process making the data;
+    its picture folder (tools/fetch_pictures.py) is left out here."""
+    from pathlib import Path
+
+    from keyprop.core.training.loop import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(root / "core" / "training" / "configs" / "fused_base.yaml")
+    assert cfg.model.fused_base is True and cfg.data.clips is True and cfg.model.init == "models/default.pt"
+    cfg.model.init = str(root / "models" / "default.pt")
+    cfg.data.folders, cfg.data.clips, cfg.data.workers = [], False, 1
+    cfg.data.batch, cfg.train.steps, cfg.validate_count = 1, 1, 1
+    cfg.run_dir = str(tmp_path / "run")
+    result = train(cfg, max_seconds=600)
+    assert result["step"] == 1
+    model = load_checkpoint(tmp_path / "run" / "model_last.pt")
+    assert model.cfg.fused_base and model.provenance.extra["hardware"].endswith("thread(s)")
