@@ -2,9 +2,11 @@
 keyframes, or from its own frames when it has none).
 
 This module runs a shot: it checks the inputs, plans the ROI over the whole plate range,
-streams frames (read ahead, fill, write behind, one at a time), keeps the temporal chain
-whole for a run that starts inside a window (core.temporal), reports progress and honours
-cancel. What happens to one frame is :class:`core.filler.ShotFiller`'s; the pixel decisions
+streams frames (read ahead, fill, write behind), keeps the temporal chain whole for a run
+that starts inside a window (core.temporal), reports progress and honours cancel. Frames
+of different temporal windows do not depend on each other: ``Settings.parallel_windows``
+windows are filled side by side, each by its own ShotFiller on a worker thread (the pixels
+of one frame after another), and written and reported in frame order. What happens to one frame is :class:`core.filler.ShotFiller`'s; the pixel decisions
 live in core.fusion (which source fills where), core.composite (gradient-domain solve,
 composite) and core.temporal (fills carried from frame to frame).
 
@@ -163,12 +165,17 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
     output is written where it can be detected up front (patterns, missing frames, sizes,
     unreadable masks, no keyframe, existing outputs). ``cancel`` (an Event) stops between
     frames; finished frames stay. ``resume`` keeps existing output frames; ``overwrite``
-    replaces them; with neither, existing outputs are an error.
+    replaces them; with neither, existing outputs are an error. Frames are written and
+    reported in frame order, also when ``settings.parallel_windows`` windows are filled
+    side by side (a frame filled ahead is discarded when the run stops before it).
     """
     started = time.perf_counter()   # the first frame's seconds count from here (see FrameEvent)
     from .runtime import create_engine
 
     settings = settings or Settings()
+    if int(settings.parallel_windows) < 1:
+        raise KeypropInputError(f"parallel_windows is {settings.parallel_windows}: at least 1 (1 = one frame "
+                                "after the other)")
     size = shot.validate(require_keys=False)
     frames = shot.frames()
     key_frames = shot.key_frames() if shot.keys else []
@@ -192,7 +199,7 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
     mask_frames = [f for f in plate_frames if os.path.exists(expand(shot.mask, f))]
     kept_masks: Dict[int, tuple] = {}   # frame -> (bbox, mask inside it), from the ROI scan
     reach = max(abs(d) for d in SOURCE_OFFSETS)
-    frame_io = _FrameIO()
+    frame_io = _FrameIO(readers=int(settings.parallel_windows))
     try:
         # While the masks are scanned, the reader decodes what the first frame needs: its
         # plate and its keyframes (each is taken from here once, then read as usual).
@@ -217,9 +224,6 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
                         settings.max_sources)
 
         box = (roi.y0, roi.y1, roi.x0, roi.x1) if roi else (0, size[0], 0, size[1])
-        frames_read = LRU(4)   # frame -> (plate Frame, mask ROI crop): the next target is often read as a source
-
-        reading: Dict[int, object] = {}   # frame -> Future of read(frame): the next two frames at most
 
         def read(k):
             return read_ahead("plate", k, expand(shot.plate, k)), read_mask_roi(k)
@@ -235,20 +239,18 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
             mask_path = expand(shot.mask, k)
             return io.read_mask(mask_path)[box[0]:box[1], box[2]:box[3]] if os.path.exists(mask_path) else None
 
-        def load(k):
-            """A plate frame (file samples) and its mask's ROI crop, read once however often used."""
-            future = reading.pop(k, None)
-            return frames_read.get_or(k, (lambda: future.result()) if future is not None else (lambda: read(k)))
-
-        def load_source(k):
-            plate, mask = load(k)
-            return plate.region(*box), mask
-
-        filler = ShotFiller(engine, roi, settings, linear,
-                            key_loader=lambda k: read_ahead("key", k, expand(shot.keys, k)).region(*box),
-                            source_loader=load_source) if roi else None
         plate_with_masks = set(mask_frames)
         keys_set = set(key_frames)
+
+        def new_filler(engine=engine):
+            """A ShotFiller (None without an ROI) with its own frame loader: one per thread
+            that fills (a filler's caches and carried fill are its own)."""
+            loader = _Loader(read, frame_io.reader, plate_with_masks, box)
+            if roi is None:
+                return None, loader
+            return ShotFiller(engine, roi, settings, linear,
+                              key_loader=lambda k: read_ahead("key", k, expand(shot.keys, k)).region(*box),
+                              source_loader=loader.source), loader
 
         def is_filled(k):
             """Whether frame ``k`` is one the pipeline fills (on the inputs alone, not the range)."""
@@ -257,53 +259,78 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
             mask = read_mask_roi(k)
             return mask is not None and bool((mask > 0).any())
 
-        def fill_one(k, plate, mask):
+        def fill_one(filler, k, plate, mask):
             plan = plan_keyframes(k, key_frames, settings.max_keys) if key_frames else []
             return filler.fill(plate.region(*box), mask, plan, source_candidates(k, plate_with_masks), k)
 
+        def fill_frame(filler, loader, frame):
+            """One frame that is not a keyframe: (status, plate Frame, filled ROI or None)."""
+            plate, mask = loader.load(frame)
+            if filler is None or not (mask > 0).any():
+                log.info("frame %d: empty mask, plate passed through", frame)
+                return "passthrough", plate, None
+            if settings.temporal and filler.previous_frame != frame - 1:
+                # A run starting inside a temporal window (a chunk, a resumed run, a window
+                # handed to a worker) first fills the frames before this one in its window
+                # (not written): their fills are carried to this one as they are in a full run.
+                for earlier in chain(frame, is_filled):
+                    fill_one(filler, earlier, *loader.load(earlier))
+            plan = plan_keyframes(frame, key_frames, settings.max_keys) if key_frames else []
+            status = "filled" if plan or source_candidates(frame, plate_with_masks) else "inpainted"
+            if status == "inpainted":
+                log.warning("frame %d: no keyframe and no other frame: filled from its own context", frame)
+            return status, plate, fill_one(filler, frame, plate, mask)
+
+        workers = int(settings.parallel_windows) if roi is not None else 1
+        if workers > 1:
+            # Windows filled side by side (_WindowFills); the workers' fillers share the engine
+            # behind a lock (engines need not be thread-safe). This thread reads keyframes' plates.
+            locked = _LockedEngine(engine)
+            windows = _WindowFills(workers, lambda: new_filler(locked), fill_frame)
+            plan_frames = windows.plan(frames, lambda f: resume and os.path.exists(expand(shot.out, f)), keys_set)
+            filler, loader = None, _Loader(read, frame_io.reader, plate_with_masks, box)
+        else:
+            windows = None
+            filler, loader = new_filler()
+
         total, done = len(frames), 0
         clock = [started]   # when the last reported frame was complete
-        for frame in frames:
-            # Decode the next frames (next targets, and the next source beyond them) while this
-            # one is filled: codecs release the GIL.
-            for upcoming in (frame + 1, frame + 2):
-                if upcoming in plate_with_masks and upcoming not in frames_read and upcoming not in reading:
-                    reading[upcoming] = frame_io.reader.submit(read, upcoming)
-            if cancel is not None and cancel.is_set():
-                result.cancelled = True
-                log.info("cancelled after %d of %d frames", done, total)
-                break
-            out_path = expand(shot.out, frame)
-            if resume and os.path.exists(out_path):
-                status, job = "skipped", None
-                ahead.pop(("plate", frame), None)   # the first frame, decoded ahead: not needed
-            else:
-                plate, mask = load(frame)
-                if frame in keys_set:
+        try:
+            for frame in frames:
+                if windows is None:
+                    # Decode the next frames (next targets, and the next source beyond them)
+                    # while this one is filled: codecs release the GIL.
+                    loader.prefetch(frame)
+                if cancel is not None and cancel.is_set():
+                    result.cancelled = True
+                    log.info("cancelled after %d of %d frames", done, total)
+                    break
+                if windows is not None:
+                    windows.submit_ahead()
+                out_path = expand(shot.out, frame)
+                skip = plan_frames[frame] == "skip" if windows is not None else resume and os.path.exists(out_path)
+                if skip:
+                    status, job = "skipped", None
+                    ahead.pop(("plate", frame), None)   # the first frame, decoded ahead: not needed
+                elif frame in keys_set:
+                    plate, _ = loader.load(frame)
                     status = "keyframe"
                     pixels = _match_channels(io.read_image(expand(shot.keys, frame)).pixels, plate.region())
                     job = (io.write_image, out_path, pixels, plate.format)
-                elif filler is None or not (mask > 0).any():
-                    status, job = "passthrough", (io.write_frame, out_path, plate)
-                    log.info("frame %d: empty mask, plate passed through", frame)
                 else:
-                    if settings.temporal and filler.previous_frame != frame - 1:
-                        # A run starting inside a temporal window (a chunk, a resumed run) first
-                        # fills the frames before this one in its window (not written): their
-                        # fills are carried to this one as they are in a full run.
-                        for earlier in chain(frame, is_filled):
-                            fill_one(earlier, *load(earlier))
-                    plan = plan_keyframes(frame, key_frames, settings.max_keys) if key_frames else []
-                    status = "filled" if plan or source_candidates(frame, plate_with_masks) else "inpainted"
-                    if status == "inpainted":
-                        log.warning("frame %d: no keyframe and no other frame: filled from its own context", frame)
-                    filled = fill_one(frame, plate, mask)
-                    job = (io.write_frame, out_path, plate, filled, (box[0], box[2]))
-            # The write overlaps the next frame's fill; a frame counts as done once written.
-            for event in frame_io.submit(job, (frame, status, out_path)):
+                    # Sequentially here, or taken (in frame order) from the worker filling its window.
+                    status, plate, filled = (fill_frame(filler, loader, frame) if windows is None
+                                             else windows.result(frame))
+                    job = ((io.write_frame, out_path, plate) if filled is None
+                           else (io.write_frame, out_path, plate, filled, (box[0], box[2])))
+                # The write overlaps the next frame's fill; a frame counts as done once written.
+                for event in frame_io.submit(job, (frame, status, out_path)):
+                    done = _report(result, progress, event, done, total, clock)
+            for event in frame_io.drain():
                 done = _report(result, progress, event, done, total, clock)
-        for event in frame_io.drain():
-            done = _report(result, progress, event, done, total, clock)
+        finally:
+            if windows is not None:
+                windows.close()   # after a cancel or an error: the workers' current frames end first
         return result
     finally:
         frame_io.close()
@@ -330,7 +357,7 @@ def _timed(fn, *args) -> float:
 
 class _FrameIO:
     """Background threads for frame files: one writes frames one frame behind the fill, in
-    order; one (``reader``) decodes frames ahead.
+    order; ``readers`` (``reader``, one per filling thread) decode frames ahead.
 
     Encoding a 4K frame costs as much as filling a small region of it; on its own thread
     (codecs release the GIL) it overlaps the next frame's work. A failed write raises in
@@ -338,12 +365,12 @@ class _FrameIO:
     running (each is atomic: a temporary file renamed).
     """
 
-    def __init__(self):
+    def __init__(self, readers: int = 1):
         from concurrent.futures import ThreadPoolExecutor
 
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keyprop-write")
         self._pending = None
-        self.reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keyprop-read")
+        self.reader = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="keyprop-read")
 
     def submit(self, job, event):
         """Queue ``job`` (fn, *args) or None; returns the events of writes now finished, each
@@ -373,6 +400,172 @@ class _FrameIO:
                 log.debug("pending write failed while stopping", exc_info=True)
         self._pool.shutdown(wait=True)
         self.reader.shutdown(wait=True, cancel_futures=True)
+
+
+class _Loader:
+    """Plate frames (file samples) and their masks' ROI crops for one filling thread: each
+    read once however often used (a target is often read again as a source), the next
+    frames decoded ahead on the reader thread. Not shared between threads."""
+
+    def __init__(self, read, reader, plate_with_masks, box):
+        self._read, self._reader, self._with_masks, self._box = read, reader, plate_with_masks, box
+        self._frames = LRU(4)    # frame -> (plate Frame, mask ROI crop)
+        self._reading: Dict[int, object] = {}   # frame -> Future of read(frame): the next two frames at most
+
+    def prefetch(self, frame: int) -> None:
+        """Decode the frames after ``frame`` (next targets, and the next source beyond them)
+        while it is filled: codecs release the GIL."""
+        for upcoming in (frame + 1, frame + 2):
+            if upcoming in self._with_masks and upcoming not in self._frames and upcoming not in self._reading:
+                self._reading[upcoming] = self._reader.submit(self._read, upcoming)
+
+    def forget_ahead(self) -> None:
+        """Drop reads ahead not taken (a worker's next window is not the next frames)."""
+        for future in self._reading.values():
+            future.cancel()
+        self._reading.clear()
+
+    def load(self, k):
+        future = self._reading.pop(k, None)
+        return self._frames.get_or(k, (lambda: future.result()) if future is not None else (lambda: self._read(k)))
+
+    def source(self, k):
+        plate, mask = self.load(k)
+        return plate.region(*self._box), mask
+
+
+class _LockedEngine:
+    """An engine shared by the window workers, one call at a time: engines are not required
+    to be thread-safe (lazy state: ONNX sessions made on first use, the last prefilled frame
+    remembered, position encodings cached), and one network pass already uses every core
+    the engine was given. Everything else is the engine's own."""
+
+    def __init__(self, engine):
+        self._engine = engine
+        self._lock = threading.Lock()
+
+    def encode_keyframe(self, *args, **kwargs):
+        with self._lock:
+            return self._engine.encode_keyframe(*args, **kwargs)
+
+    def fill(self, *args, **kwargs):
+        with self._lock:
+            return self._engine.fill(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+
+class _WindowFills:
+    """Temporal windows (core.temporal) filled ``workers`` at a time, each by its own
+    ShotFiller on a worker thread; results taken in frame order.
+
+    A frame's fill depends on the frames before it in its window only (a window's worker
+    fills them in order, first the chain before a run's first frame, as the sequential path
+    does), and on nothing another window's filling left in a filler (its caches give the
+    same values however they were filled: a farm chunk starts with none), so the pixels are
+    those of one thread filling every frame in turn. Windows are handed out in order, at
+    most ``workers`` of them not yet taken, so memory stays bounded whatever the shot's
+    length: a window ahead holds at most its frames' fills until they are written. The
+    caller takes each frame's result in frame order (:meth:`result`) and writes and reports
+    it as the sequential path does. A failed frame stops its own window only (the frames
+    before it, in earlier windows, are still written); :meth:`close` stops the workers
+    between frames and waits for them.
+    """
+
+    def __init__(self, workers: int, new_filler, fill_frame):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.workers = workers
+        self._new_filler, self._fill_frame = new_filler, fill_frame
+        self._idle: List[tuple] = []           # (filler, loader) of a finished window, for the next
+        self._idle_lock = threading.Lock()
+        # Named keyprop-flow-*: core.flow._both then computes a flow's two directions in turn on
+        # them instead of handing one to flow's single helper thread (the windows already keep
+        # the cores busy; the two workers queueing on the helper cost 10-20 % per frame, measured
+        # on 2 cores with bench/pipeline_speed.py --only real). The results are the same.
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="keyprop-flow-window")
+        self._stop = threading.Event()
+        self._tasks: List[List[int]] = []      # each window's frames to fill, in order
+        self._task_of: Dict[int, int] = {}     # frame -> its window's index in _tasks
+        self._futures: Dict[int, object] = {}  # frame -> Future of fill_frame's (status, plate, filled), until taken
+        self._submitted = 0
+        self._taken = 0                        # windows whose last frame the caller has taken
+
+    def plan(self, frames: Sequence[int], skipped: Callable[[int], bool], keys) -> Dict[int, str]:
+        """frame -> 'skip' (resume: written already), 'key', or 'fill' (a worker's: filled or
+        passed through); the 'fill' frames grouped by window."""
+        from concurrent.futures import Future
+
+        from .temporal import window_start
+
+        plan, current = {}, None
+        for frame in frames:
+            plan[frame] = "skip" if skipped(frame) else "key" if frame in keys else "fill"
+            if plan[frame] != "fill":
+                continue
+            if current != window_start(frame):
+                current = window_start(frame)
+                self._tasks.append([])
+            self._tasks[-1].append(frame)
+            self._task_of[frame] = len(self._tasks) - 1
+            self._futures[frame] = Future()
+        return plan
+
+    def submit_ahead(self) -> None:
+        """Hand out windows up to ``workers`` beyond those the caller has finished taking."""
+        while self._submitted < min(len(self._tasks), self._taken + self.workers):
+            # The worker holds its window's futures (this object drops each one once taken).
+            self._pool.submit(self._run, [(f, self._futures[f]) for f in self._tasks[self._submitted]])
+            self._submitted += 1
+
+    def result(self, frame: int):
+        """``frame``'s (status, plate, filled), waiting for its worker; raises its error."""
+        task = self._task_of.pop(frame)
+        self.submit_ahead()
+        try:
+            return self._futures.pop(frame).result()
+        finally:
+            if frame == self._tasks[task][-1]:
+                self._taken = task + 1
+                self.submit_ahead()   # the next window starts while this one's frames are written
+
+    def _run(self, window: List[tuple]) -> None:
+        """A worker: fill one window's frames in order (the chain first, where needed)."""
+        try:
+            with self._idle_lock:
+                filler, loader = self._idle.pop() if self._idle else (None, None)
+            if loader is None:
+                filler, loader = self._new_filler()
+        except BaseException as exc:  # noqa: BLE001 - raised where the caller takes the window's first frame
+            for _, future in window:
+                if future.set_running_or_notify_cancel():
+                    future.set_exception(exc)
+            return
+        failed = False
+        try:
+            for frame, future in window:
+                if failed or self._stop.is_set():
+                    future.cancel()
+                    continue
+                if not future.set_running_or_notify_cancel():
+                    continue
+                try:
+                    loader.prefetch(frame)
+                    future.set_result(self._fill_frame(filler, loader, frame))
+                except BaseException as exc:  # noqa: BLE001 - raised where the caller takes this frame
+                    future.set_exception(exc)
+                    failed = True
+        finally:
+            loader.forget_ahead()
+            with self._idle_lock:
+                self._idle.append((filler, loader))
+
+    def close(self) -> None:
+        self._stop.set()
+        for future in self._futures.values():
+            future.cancel()   # frames not begun; a running one ends (whole) and is discarded
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 # --- in memory ------------------------------------------------------------------------------

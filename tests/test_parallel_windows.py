@@ -1,0 +1,203 @@
+"""Temporal windows filled side by side (Settings.parallel_windows, core.api._WindowFills): the
+bytes of one frame after another, written and reported in frame order, cancel and resume as before."""
+import json
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from keyprop import cli
+from keyprop.core import io
+from keyprop.core.api import Settings, propagate
+from keyprop.core.errors import KeypropInputError
+from keyprop.core.filler import ShotFiller
+from keyprop.core.runtime import create_engine
+from keyprop.core.shot import Shot
+from keyprop.core.temporal import WINDOW
+
+H, W, N, FIRST = 80, 120, 20, 101      # frames 101-120: windows 96-103 (part), 104-111, 112-119, 120
+MODEL = "preset:test"
+EMPTY = 115                             # a frame whose mask is empty (passed through)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return create_engine("torch", model=MODEL, threads=2)
+
+
+def write_long_shot(root: Path, keys=()) -> Shot:
+    """A textured background panning 2 px/frame with a dark bar moving 4 px/frame over it."""
+    rng = np.random.default_rng(5)
+    strip = cv2.GaussianBlur(rng.random((H, W + 2 * N + 8, 3)).astype(np.float32), (0, 0), 2.0)
+    strip = (strip - strip.min()) / (strip.max() - strip.min())
+    for i in range(N):
+        f = FIRST + i
+        clean = np.ascontiguousarray(strip[:, 2 * i:2 * i + W])
+        mask = np.zeros((H, W), np.float32)
+        if f != EMPTY:
+            mask[16:64, 20 + 4 * i:30 + 4 * i] = 1.0
+        plate = np.where(mask[:, :, None] > 0, np.float32(0.05), clean)
+        io.write_image(root / f"plate.{f:04d}.png", plate, like=io.ImageFormat(".png", "uint8", 3))
+        io.write_image(root / f"mask.{f:04d}.png", mask, like=io.ImageFormat(".png", "uint8", 1))
+        if f in keys:
+            io.write_image(root / f"key.{f:04d}.png", clean, like=io.ImageFormat(".png", "uint8", 3))
+    return Shot(str(root / "plate.####.png"), str(root / "mask.####.png"),
+                str(root / "key.####.png") if keys else "", str(root / "out" / "fill.####.png"))
+
+
+def into(shot: Shot, folder: Path, first=None, last=None) -> Shot:
+    folder.mkdir(exist_ok=True)
+    return Shot(shot.plate, shot.mask, shot.keys, str(folder / "f.####.png"), first, last)
+
+
+def outputs(folder: Path) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def run(shot, engine, workers, **kw):
+    events = []
+    settings = Settings(model=MODEL, parallel_windows=workers, **kw.pop("settings", {}))
+    result = propagate(shot, settings, engine=engine, progress=events.append, **kw)
+    return result, events
+
+
+@pytest.mark.parametrize("keys", [(), (FIRST, 110, FIRST + N - 1)], ids=["keyless", "keyed"])
+def test_parallel_windows_give_the_bytes_of_one_frame_after_another(tmp_path, engine, keys, monkeypatch):
+    shot = write_long_shot(tmp_path, keys)
+    one, one_events = run(into(shot, tmp_path / "one"), engine, 1)
+    threads = set()
+    fill = ShotFiller.fill
+
+    def recording(self, *args, **kwargs):
+        threads.add(threading.current_thread().name)
+        return fill(self, *args, **kwargs)
+
+    monkeypatch.setattr(ShotFiller, "fill", recording)
+    two, two_events = run(into(shot, tmp_path / "two"), engine, 2)
+    assert len([t for t in threads if t.startswith("keyprop-flow-window")]) == 2   # two windows at once
+    assert outputs(tmp_path / "one") == outputs(tmp_path / "two")
+    assert len(outputs(tmp_path / "two")) == N
+    assert two.statuses == one.statuses and two.statuses[EMPTY] == "passthrough"
+    assert all(two.statuses[k] == "keyframe" for k in keys)
+    # Written and reported in frame order, every frame once.
+    assert [e.frame for e in two_events] == list(range(FIRST, FIRST + N)) == two.frames
+    assert [e.done for e in two_events] == list(range(1, N + 1))
+    assert [e.status for e in two_events] == [e.status for e in one_events]
+
+
+def test_network_fills_and_per_frame_fills_are_the_same_in_parallel(tmp_path, engine):
+    """The network on every frame (the engine shared by the workers, one call at a time), and
+    temporal off (no fill carried: every frame on its own)."""
+    shot = write_long_shot(tmp_path, keys=(FIRST + N - 1,))
+    for temporal in (True, False):
+        settings = {"warp_blend": False, "temporal": temporal}
+        run(into(shot, tmp_path / f"one{temporal}"), engine, 1, settings=settings)
+        run(into(shot, tmp_path / f"three{temporal}"), engine, 3, settings=settings)
+        assert outputs(tmp_path / f"one{temporal}") == outputs(tmp_path / f"three{temporal}")
+
+
+def test_a_chunk_starting_inside_a_window_fills_its_chain_in_parallel(tmp_path, engine):
+    shot = write_long_shot(tmp_path)
+    run(into(shot, tmp_path / "full"), engine, 1)
+    run(into(shot, tmp_path / "chunk", 106, 117), engine, 2)     # starts inside 104-111 and ends inside 112-119
+    full = outputs(tmp_path / "full")
+    chunk = outputs(tmp_path / "chunk")
+    assert sorted(chunk) == [f"f.{f:04d}.png" for f in range(106, 118)]
+    assert all(chunk[name] == full[name] for name in chunk)
+
+
+def test_cancel_leaves_whole_frames_in_order_and_resume_completes(tmp_path, engine):
+    shot = write_long_shot(tmp_path)
+    run(into(shot, tmp_path / "full"), engine, 1)
+    full = outputs(tmp_path / "full")
+    cancel = threading.Event()
+    events = []
+
+    def progress(ev):
+        events.append(ev)
+        if len(events) == 3:
+            cancel.set()
+
+    part = into(shot, tmp_path / "part")
+    result = propagate(part, Settings(model=MODEL, parallel_windows=2), engine=engine, progress=progress,
+                       cancel=cancel)
+    assert result.cancelled
+    written = outputs(tmp_path / "part")   # no temporary files: only finished frames
+    reported = [e.frame for e in events]
+    assert reported == list(range(FIRST, FIRST + len(reported))) and 3 <= len(reported) < N
+    assert sorted(written) == [f"f.{f:04d}.png" for f in reported]
+    assert all(written[name] == full[name] for name in written)
+    # A window started ahead was left: resuming (in parallel) completes the shot with the same bytes.
+    resumed, resumed_events = run(part, engine, 2, resume=True)
+    assert [e.frame for e in resumed_events] == list(range(FIRST, FIRST + N))
+    assert [resumed.statuses[f] for f in reported] == ["skipped"] * len(reported)
+    assert outputs(tmp_path / "part") == full
+
+
+def test_resume_with_gaps_inside_windows(tmp_path, engine):
+    shot = write_long_shot(tmp_path)
+    run(into(shot, tmp_path / "full"), engine, 1)
+    full = outputs(tmp_path / "full")
+    part = into(shot, tmp_path / "part")
+    run(part, engine, 2)
+    for f in (106, 107, 113, 118, 120):
+        (tmp_path / "part" / f"f.{f:04d}.png").unlink()
+    result, _ = run(part, engine, 2, resume=True)
+    assert {f for f, s in result.statuses.items() if s != "skipped"} == {106, 107, 113, 118, 120}
+    assert outputs(tmp_path / "part") == full
+
+
+def test_a_failed_frame_stops_the_run_after_the_frames_before_it(tmp_path, engine, monkeypatch):
+    shot = write_long_shot(tmp_path)
+    fill = ShotFiller.fill
+
+    def failing(self, pixels, mask, key_frames, source_candidates=(), frame=None):
+        if frame == 113:
+            raise RuntimeError("boom at 113")
+        return fill(self, pixels, mask, key_frames, source_candidates, frame)
+
+    monkeypatch.setattr(ShotFiller, "fill", failing)
+    with pytest.raises(RuntimeError, match="boom at 113"):
+        run(into(shot, tmp_path / "out"), engine, 2)
+    assert sorted(outputs(tmp_path / "out")) == [f"f.{f:04d}.png" for f in range(FIRST, 113)]
+
+
+def test_windows_ahead_are_bounded(tmp_path, engine, monkeypatch):
+    """No worker runs more than ``parallel_windows`` windows ahead of the frames written."""
+    shot = write_long_shot(tmp_path)
+    reported = [FIRST - 1]
+    ahead = []
+    fill = ShotFiller.fill
+
+    def watching(self, pixels, mask, key_frames, source_candidates=(), frame=None):
+        ahead.append(frame - reported[-1])
+        return fill(self, pixels, mask, key_frames, source_candidates, frame)
+
+    monkeypatch.setattr(ShotFiller, "fill", watching)
+    propagate(into(shot, tmp_path / "out"), Settings(model=MODEL, parallel_windows=2), engine=engine,
+              progress=lambda ev: reported.append(ev.frame))
+    assert max(ahead) <= 2 * WINDOW + 1, ahead
+
+
+def test_parallel_windows_below_one_is_bad_input(tmp_path, engine):
+    shot = write_long_shot(tmp_path)
+    with pytest.raises(KeypropInputError, match="parallel_windows"):
+        propagate(into(shot, tmp_path / "out"), Settings(model=MODEL, parallel_windows=0), engine=engine)
+    assert not list((tmp_path / "out").iterdir())
+
+
+def test_cli_flag_and_yaml_key(tmp_path, capsys):
+    shot = write_long_shot(tmp_path)
+    (tmp_path / "out").mkdir()
+    args = ["run", "--plate", shot.plate, "--mask", shot.mask, "--out", shot.out, "--model", MODEL,
+            "--progress", "json", "--threads", "2", "--frames", "101-110", "--parallel-windows", "3"]
+    assert cli.main(args) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [e["frame"] for e in events if e["event"] == "frame"] == list(range(101, 111))
+    job = tmp_path / "job.yaml"
+    job.write_text(f"plate: {shot.plate}\nmask: {shot.mask}\nout: {tmp_path / 'yaml' / 'f.####.png'}\n"
+                   f"model: {MODEL}\nframes: 101-104\nparallel_windows: 1\n")
+    assert cli.main(["run", str(job)]) == 0
+    assert len(list((tmp_path / "yaml").iterdir())) == 4
