@@ -238,9 +238,9 @@ def write_real_shot(root: Path, shot) -> dict:
 class _Timers:
     """Seconds spent in named parts of the pipeline, by wrappers installed in this process.
 
-    Compute parts are timed on the main thread only (the one that fills frames, one after
-    the other: the run's critical path; flow's helper threads work while it waits inside a
-    timed call), and a call is charged to the outermost timed part it runs in (a flow
+    Compute parts are timed on the threads that fill frames (the main thread, or each window
+    worker of ``parallel_windows``; flow's helper thread works while they wait inside a timed
+    call), and a call is charged to the outermost timed part it runs in on its thread (a flow
     computed while choosing sources is search time), so the parts never overlap. File I/O is
     timed on every thread (reads ahead and writes behind run on background threads), the
     outermost I/O call per thread.
@@ -252,7 +252,7 @@ class _Timers:
         self.io_all = self.io_main = 0.0
         self.missing = []
         self.fills = []                   # per ShotFiller.fill call: frame, seconds, each part's seconds
-        self._inside = None               # the compute part the main thread is in
+        self._state = threading.local()   # .inside: the compute part this thread is in
         self._io_depth = threading.local()
         self._lock = threading.Lock()
 
@@ -261,16 +261,26 @@ class _Timers:
 
         @functools.wraps(fn)
         def timed(*args, **kwargs):
-            if timers._inside is not None or threading.current_thread() is not timers.main:
+            state = timers._state
+            if getattr(state, "inside", None) is not None or not timers.fills_frames():
                 return fn(*args, **kwargs)
-            timers._inside = part
+            state.inside = part
             t0 = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
-                timers.seconds[part] += time.perf_counter() - t0
-                timers._inside = None
+                spent = time.perf_counter() - t0
+                with timers._lock:
+                    timers.seconds[part] += spent
+                if getattr(state, "fill", None) is not None:
+                    state.fill[part] += spent
+                state.inside = None
         return timed
+
+    def fills_frames(self) -> bool:
+        """Whether this thread fills frames: the main thread, or a window worker."""
+        thread = threading.current_thread()
+        return thread is self.main or thread.name.startswith("keyprop-window")
 
     def per_fill(self, fn):
         """ShotFiller.fill, recorded per call: the frame, its seconds and the parts' seconds in
@@ -280,13 +290,14 @@ class _Timers:
         @functools.wraps(fn)
         def timed(*args, **kwargs):
             frame = signature.bind(*args, **kwargs).arguments.get("frame")
-            before = dict(timers.seconds)
+            mine = timers._state.fill = {p: 0.0 for p in COMPUTE}   # this thread's parts in this fill
             t0 = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
-                timers.fills.append({"frame": frame, "seconds": time.perf_counter() - t0,
-                                     **{p: timers.seconds[p] - before[p] for p in COMPUTE}})
+                with timers._lock:
+                    timers.fills.append({"frame": frame, "seconds": time.perf_counter() - t0, **mine})
+                timers._state.fill = None
         return timed
 
     def io(self, fn):
@@ -405,6 +416,7 @@ def _summary(name: str, size, mode: str, child: dict) -> dict:
     at = [0.0] + [e["at"] for e in child["events"]]
     steps = np.diff(at)
     fills = child["fills"]
+    fill_total = max(sum(f["seconds"] for f in fills), 1e-9)
     slowest = max(fills, key=lambda f: f["seconds"]) if fills else None
     return {
         "shot": name, "size": f"{size[1]}x{size[0]}", "mode": mode, "frames": frames,
@@ -417,9 +429,11 @@ def _summary(name: str, size, mode: str, child: dict) -> dict:
         "fill_median_s": float(np.median([f["seconds"] for f in fills])) if fills else 0.0,
         "slowest_fill": slowest, "network_frames": sum(f["network"] > 0 for f in fills),
         "peak_mib": child["peak_kib"] / 1024, "cpu_utilisation": child["cpu"] / wall,
-        "shares": {**{p: child["parts"][p] / wall for p in COMPUTE}, "io": child["io_all"] / wall,
+        # Compute shares of the time the filling threads spent filling (with window workers
+        # the fills overlap: shares of wall time would sum past 100 %).
+        "shares": {**{p: child["parts"][p] / fill_total for p in COMPUTE}, "io": child["io_all"] / wall,
                    "io_main": child["io_main"] / wall,
-                   "other": 1.0 - (sum(child["parts"].values()) + child["io_main"]) / wall},
+                   "other": 1.0 - sum(child["parts"].values()) / fill_total},
         "wall_s": wall, "load_s": child["load"], "statuses": sorted({e["status"] for e in child["events"]}),
         "events": child["events"], "fills": fills, "not_timed": child["missing"],
     }
@@ -469,8 +483,9 @@ def bench_real(args):
       keyless/keyed  wall s/frame keyless / keyed, same shot, same benchmark run
       peak MiB       the child process's VmHWM (torch and the model included)
       CPU            process CPU time (all threads, user + system) / wall: 2.0 = two cores busy
-      shares         of the run's wall time. Compute parts, on the main thread (which fills
-                     the frames one after the other), each call charged to the outermost part:
+      shares         compute parts: of the time spent in ShotFiller.fill on the threads that
+                     fill frames (the main thread or the window workers, parallel_windows),
+                     each call charged to the outermost part on its thread:
                        flow     functions and FlowFrame methods of core/flow.py (DIS, completion,
                                 pre-alignment, warps), outside source search
                        search   ShotFiller.choose_sources (the flows it computes included)
@@ -480,9 +495,9 @@ def bench_real(args):
                      I/O     core/io.py reads and writes on any thread (mostly the background
                              reader and writer: it overlaps the compute, so the shares may sum
                              past 100 %)
-                     other   the main thread's remainder: 1 - compute parts - main-thread I/O
-                             (preparing frames: crop, colour, resize; compositing; keyframe
-                             detail; waiting for a read or write; the ROI scan's wait)
+                     (of the run's wall time)
+                     other   the fills' remainder: 1 - compute parts (preparing frames: crop,
+                             colour, resize; compositing; keyframe detail; waiting for a read)
     Timing is by wrappers the child installs around those functions (core code unchanged),
     not cProfile: a profiler's per-call cost would inflate the very per-frame times measured.
     """

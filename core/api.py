@@ -28,6 +28,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence
 import numpy as np
 
 from . import color, io
+from . import flow as flowlib
 from .composite import composite_alpha, network_hole
 from .errors import KeypropInputError
 from .filler import SOURCE_OFFSETS, LRU, ShotFiller, rgb3, source_candidates
@@ -480,11 +481,12 @@ class _WindowFills:
         self._new_filler, self._fill_frame = new_filler, fill_frame
         self._idle: List[tuple] = []           # (filler, loader) of a finished window, for the next
         self._idle_lock = threading.Lock()
-        # Named keyprop-flow-*: core.flow._both then computes a flow's two directions in turn on
-        # them instead of handing one to flow's single helper thread (the windows already keep
-        # the cores busy; the two workers queueing on the helper cost 10-20 % per frame, measured
-        # on 2 cores with bench/pipeline_speed.py --only real). The results are the same.
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="keyprop-flow-window")
+        # The workers compute a flow's two directions in turn (core.flow.directions_in_turn)
+        # instead of handing one to flow's single helper thread (the windows already keep the
+        # cores busy; the two workers queueing on the helper cost 10-20 % per frame, measured on
+        # 2 cores with bench/pipeline_speed.py --only real). The results are the same.
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="keyprop-window",
+                                        initializer=flowlib.directions_in_turn)
         self._stop = threading.Event()
         self._tasks: List[List[int]] = []      # each window's frames to fill, in order
         self._task_of: Dict[int, int] = {}     # frame -> its window's index in _tasks

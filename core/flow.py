@@ -79,6 +79,16 @@ _helper = None
 _helper_lock = threading.Lock()
 
 
+_local = threading.local()
+
+
+def directions_in_turn() -> None:
+    """From now on, this thread computes a flow's two directions one after the other instead of
+    handing one to the helper thread (for threads that already keep the cores busy side by
+    side, e.g. core.api's window workers: queueing on the one helper would only make them wait)."""
+    _local.in_turn = True
+
+
 def _both(first, second):
     """``(first(), second())``, the second on a helper thread.
 
@@ -89,8 +99,8 @@ def _both(first, second):
     two in turn.
     """
     global _helper
-    if threading.current_thread().name.startswith("keyprop-flow"):
-        return first(), second()        # already on the helper: never wait on it from itself
+    if threading.current_thread().name.startswith("keyprop-flow") or getattr(_local, "in_turn", False):
+        return first(), second()        # on the helper (never wait on it from itself), or told to
     if _helper is None:
         with _helper_lock:
             if _helper is None:

@@ -76,7 +76,7 @@ def test_parallel_windows_give_the_bytes_of_one_frame_after_another(tmp_path, en
 
     monkeypatch.setattr(ShotFiller, "fill", recording)
     two, two_events = run(into(shot, tmp_path / "two"), engine, 2)
-    assert len([t for t in threads if t.startswith("keyprop-flow-window")]) == 2   # two windows at once
+    assert len([t for t in threads if t.startswith("keyprop-window")]) == 2   # two windows at once
     assert outputs(tmp_path / "one") == outputs(tmp_path / "two")
     assert len(outputs(tmp_path / "two")) == N
     assert two.statuses == one.statuses and two.statuses[EMPTY] == "passthrough"
