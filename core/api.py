@@ -7,8 +7,9 @@ that starts inside a window (core.temporal), reports progress and honours cancel
 of different temporal windows do not depend on each other: ``Settings.parallel_windows``
 windows are filled side by side, each by its own ShotFiller on a worker thread (the pixels
 of one frame after another), and written and reported in frame order. What happens to one
-frame is :class:`core.filler.ShotFiller`'s; the pixel decisions live in core.fusion (which source fills where), core.composite (gradient-domain solve,
-composite) and core.temporal (fills carried from frame to frame).
+frame is :class:`core.filler.ShotFiller`'s; the pixel decisions live in core.fusion (which
+source fills where), core.composite (gradient-domain solve, composite) and core.temporal
+(fills carried from frame to frame).
 
 Pixels where the (dilated, feathered) mask is 0 are the plate's, bit for bit; alpha and
 other channels pass through. Outputs are written to a temporary name and renamed.
