@@ -69,15 +69,28 @@ ProgressFn = Callable[[FrameEvent], None]
 ETA_WINDOW = 8   # frames: the ETA's rate is the median of this many recent per-frame times
 
 
-def eta_seconds(recent: Sequence[float], left: int, window: int = ETA_WINDOW) -> float:
+def eta_seconds(recent: Sequence[float], left: int, window: int = ETA_WINDOW, block: int = 1) -> float:
     """Seconds left for ``left`` frames at a robust recent rate: the median of the last
     ``window`` per-frame times, the lower middle one for an even count (one slow or fast
     frame does not move it, not even among two; a lasting change of pace does within
-    ``window // 2`` frames). 0 with no times or nothing left."""
-    tail = list(recent)[-window:]
-    if left <= 0 or not tail:
+    ``window // 2`` frames). 0 with no times or nothing left.
+
+    ``block`` > 1: the times come in bursts (``parallel_windows`` windows filled side by side
+    are reported in frame order: a window finished ahead arrives all at once, its frames a few
+    milliseconds apart). The rate is then the median of the mean times of the last ``window``
+    blocks of ``block`` consecutive frames (the mean of all of them before a block is full);
+    a block spanning one round of windows averages the burst out."""
+    times = list(recent)
+    if left <= 0 or not times:
         return 0.0
-    return statistics.median_low(tail) * left
+    if block <= 1:
+        return statistics.median_low(times[-window:]) * left
+    n = min(window, len(times) // block)
+    if n == 0:
+        return sum(times) / len(times) * left
+    tail = times[len(times) - n * block:]
+    means = [sum(tail[i * block:(i + 1) * block]) / block for i in range(n)]
+    return statistics.median_low(means) * left
 
 
 @dataclass

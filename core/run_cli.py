@@ -21,7 +21,8 @@ from typing import Optional
 
 import yaml
 
-from .api import FrameEvent, Settings, eta_seconds, propagate
+from .api import ETA_WINDOW, FrameEvent, Settings, eta_seconds, propagate
+from .temporal import WINDOW
 from .errors import KeypropInputError
 from .shot import Shot, expand, scan
 
@@ -141,9 +142,12 @@ class ProgressPrinter:
     summary, an error, the Ctrl-C message, log records (``guard_logging``).
     """
 
-    def __init__(self, mode: str, stream_bar=None, stream_json=None):
+    def __init__(self, mode: str, stream_bar=None, stream_json=None, parallel_windows: int = 1):
         # Streams are looked up now, not at import: hosts and tests swap sys.stdout/stderr.
         self.mode = mode
+        # Windows filled side by side report in bursts: the ETA's rate is taken over rounds
+        # of them (core.api.eta_seconds' block).
+        self.block = WINDOW * parallel_windows if parallel_windows > 1 else 1
         self.bar_out = stream_bar or sys.stderr
         self.json_out = stream_json or sys.stdout
         self.times = []          # (first event of the run?, seconds) of frames worked on
@@ -153,7 +157,8 @@ class ProgressPrinter:
         if ev.status != "skipped":
             self.times.append((ev.done == 1, ev.seconds))
         steady = [t for first, t in self.times if not first] or [t for _, t in self.times]
-        return eta_seconds(steady, ev.total - ev.done)
+        return eta_seconds(steady, ev.total - ev.done, window=3 if self.block > 1 else ETA_WINDOW,
+                           block=self.block)
 
     def __call__(self, ev: FrameEvent) -> None:
         eta = self.eta(ev)
@@ -258,7 +263,7 @@ def run_shot(values: dict, verbose: bool = False) -> int:
 
 def _run(settings, shot: Shot, run: dict) -> int:
     mode = run.get("progress") or ("bar" if sys.stderr.isatty() else "none")
-    printer = ProgressPrinter(mode)
+    printer = ProgressPrinter(mode, parallel_windows=int(settings.parallel_windows))
     cancel = threading.Event()
 
     def on_sigint(signum, frame):

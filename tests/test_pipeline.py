@@ -566,6 +566,16 @@ def test_eta_is_the_recent_median_rate():
     assert eta_seconds(steady[:-1] + [30.0], 10) == pytest.approx(10.0)   # one slow frame: no jump
     assert eta_seconds(steady[:-1] + [0.01], 10) == pytest.approx(10.0)   # nor one fast one
     assert eta_seconds([1.0, 30.0], 10) == pytest.approx(10.0)            # even among two
+    # Two windows filled side by side: 8 frames 2 s apart, then the window finished ahead all
+    # at once, round after round. Blocks of one round (16 frames) see the true 1 s per frame
+    # wherever the stream stops; one frame-by-frame median would say 0 or 2.
+    rounds = ([2.0] * 8 + [0.001] * 8) * 4
+    for end in (16, 24, 40, 64):
+        assert eta_seconds(rounds[:end], 10, window=3, block=16) == pytest.approx(10.0, rel=0.55)
+    assert eta_seconds(rounds, 10, window=3, block=16) == pytest.approx(10.0, rel=0.01)
+    slow = rounds[:-1] + [30.0]
+    assert eta_seconds(slow, 10, window=3, block=16) == pytest.approx(10.0, rel=0.01)  # one slow round: no jump
+    assert eta_seconds([2.0] * 5, 10, window=3, block=16) == pytest.approx(20.0)     # before a full block
     assert eta_seconds([9.0] * 20 + [2.0] * 5, 10) == pytest.approx(20.0)  # recent frames, not since start
     assert eta_seconds([], 10) == 0.0 and eta_seconds(steady, 0) == 0.0
 
