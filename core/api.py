@@ -296,7 +296,9 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
                 log.warning("frame %d: no keyframe and no other frame: filled from its own context", frame)
             return status, plate, fill_one(filler, frame, plate, mask)
 
-        workers = int(settings.parallel_windows) if roi is not None else 1
+        # No more windows side by side than threads allowed (--threads 1: one core, one window).
+        workers = min(int(settings.parallel_windows), int(settings.threads or settings.parallel_windows)) \
+            if roi is not None else 1
         if workers > 1:
             # Windows filled side by side (_WindowFills); the workers' fillers share the engine
             # behind a lock (engines need not be thread-safe). This thread reads keyframes' plates.

@@ -201,3 +201,18 @@ def test_cli_flag_and_yaml_key(tmp_path, capsys):
                    f"model: {MODEL}\nframes: 101-104\nparallel_windows: 1\n")
     assert cli.main(["run", str(job)]) == 0
     assert len(list((tmp_path / "yaml").iterdir())) == 4
+
+
+def test_one_thread_fills_one_window_at_a_time(tmp_path, engine, monkeypatch):
+    """--threads 1 (one core) fills one window at a time, whatever parallel_windows says."""
+    shot = write_long_shot(tmp_path, ())
+    threads = set()
+    fill = ShotFiller.fill
+
+    def recording(self, *args, **kwargs):
+        threads.add(threading.current_thread().name)
+        return fill(self, *args, **kwargs)
+
+    monkeypatch.setattr(ShotFiller, "fill", recording)
+    run(into(shot, tmp_path / "one"), engine, 2, settings={"threads": 1})
+    assert not [t for t in threads if t.startswith("keyprop-window")]
