@@ -764,8 +764,11 @@ def test_mask_datablock_rasterizes_per_frame(shot, tmp_path):
 
 
 CANCEL = """
-import bpy, json, sys
+import bpy, json, signal, sys
 import keyprop.plugin.blender as addon
+# Ctrl-C as at a terminal, whatever the test runner's shell left it as (a background shell
+# starts its children with SIGINT ignored, and Python then never raises KeyboardInterrupt).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 shot, out, frames = sys.argv[1], sys.argv[2], int(sys.argv[3])
 addon.register()
 bpy.context.preferences.edit.keyframe_new_interpolation_type = "CONSTANT"
