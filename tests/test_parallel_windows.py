@@ -56,6 +56,19 @@ def outputs(folder: Path) -> dict:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
+def filling_threads(monkeypatch) -> set:
+    """The names of the threads that call ShotFiller.fill from now on (filled in as they do)."""
+    threads = set()
+    fill = ShotFiller.fill
+
+    def recording(self, *args, **kwargs):
+        threads.add(threading.current_thread().name)
+        return fill(self, *args, **kwargs)
+
+    monkeypatch.setattr(ShotFiller, "fill", recording)
+    return threads
+
+
 def run(shot, engine, workers, **kw):
     events = []
     settings = Settings(model=MODEL, parallel_windows=workers, **kw.pop("settings", {}))
@@ -67,14 +80,7 @@ def run(shot, engine, workers, **kw):
 def test_parallel_windows_give_the_bytes_of_one_frame_after_another(tmp_path, engine, keys, monkeypatch):
     shot = write_long_shot(tmp_path, keys)
     one, one_events = run(into(shot, tmp_path / "one"), engine, 1)
-    threads = set()
-    fill = ShotFiller.fill
-
-    def recording(self, *args, **kwargs):
-        threads.add(threading.current_thread().name)
-        return fill(self, *args, **kwargs)
-
-    monkeypatch.setattr(ShotFiller, "fill", recording)
+    threads = filling_threads(monkeypatch)
     two, two_events = run(into(shot, tmp_path / "two"), engine, 2)
     assert len([t for t in threads if t.startswith("keyprop-window")]) == 2   # two windows at once
     assert outputs(tmp_path / "one") == outputs(tmp_path / "two")
@@ -206,13 +212,6 @@ def test_cli_flag_and_yaml_key(tmp_path, capsys):
 def test_one_thread_fills_one_window_at_a_time(tmp_path, engine, monkeypatch):
     """--threads 1 (one core) fills one window at a time, whatever parallel_windows says."""
     shot = write_long_shot(tmp_path, ())
-    threads = set()
-    fill = ShotFiller.fill
-
-    def recording(self, *args, **kwargs):
-        threads.add(threading.current_thread().name)
-        return fill(self, *args, **kwargs)
-
-    monkeypatch.setattr(ShotFiller, "fill", recording)
+    threads = filling_threads(monkeypatch)
     run(into(shot, tmp_path / "one"), engine, 2, settings={"threads": 1})
     assert not [t for t in threads if t.startswith("keyprop-window")]
