@@ -35,7 +35,7 @@ from .. import __version__
 from ..core.atomic import atomic_write
 from ..core.model import KeyPropNet, prepare_for_inference
 from .fourier import use_matmul_fft
-from .graphs import KeyframeEncoderGraph, TargetFillerGraph, cache_names
+from .graphs import KeyframeEncoderGraph, TargetFillerGraph, cache_names, keyframe_axis
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def _example_cache(model: KeyPropNet, size, t: int):
     h, w = size[0] // cfg.stride, size[1] // cfg.stride
     heads, n, d = cfg.num_heads, cfg.num_latents_sqrt ** 2, cfg.latent_dim // cfg.num_heads
     shapes = {"lif": (1, t, cfg.bottleneck_channels, h, w), "keys": (1, heads, t * n, d),
-              "values": (1, heads, t * n, d)}
+              "values": (1, heads, t * n, d), "frames": (1, t, 4, size[0], size[1])}
     return [torch.zeros(shapes[name.rstrip("0123456789")]) for name in cache_names(model)]
 
 
@@ -111,7 +111,7 @@ def _graph_module(model: KeyPropNet, kind: str, size, options: ExportOptions):
     names = cache_names(model)
     args = (torch.rand(1, 4, h, w), torch.randn(1, 2, 2, h, w), torch.rand(1, 2, 1, h, w), _example_cache(model, size, 2))
     dynamic = {"target": None, "flows": {1: t}, "flow_errs": {1: t},
-               "cached": [{1: t} if name.startswith("lif") else {2: n * t} for name in names]}
+               "cached": [{1: t} if keyframe_axis(name) == 1 else {2: n * t} for name in names]}
     return TargetFillerGraph(fast, dtype), args, dynamic, ["target", "flows", "flow_errs", *names], ["fill"]
 
 

@@ -3,11 +3,12 @@
 - **keyframe encoder**: one keyframe ``frame`` (1, 4, H, W) -> the flat list of its cached
   tensors (T = 1), in the order of :func:`cache_names`: for each keyframe block ``i``,
   ``lif{i}`` (1, T, C, h, w) when the model warps keyframes, then ``keys{i}`` and
-  ``values{i}`` (1, heads, T * N, d) when it cross-attends.
+  ``values{i}`` (1, heads, T * N, d) when it cross-attends; last, ``frames`` (1, T, 4, H, W),
+  the keyframe itself, for a ``fused_gate`` model's gate.
 - **target filler**: ``target`` (1, 4, H, W), ``flows`` (1, T, 2, H, W), ``flow_errs``
   (1, T, 1, H, W) and the cached tensors of T keyframes -> ``fill`` (1, 3, H, W).
 
-T keyframes are the encoder's outputs joined along T: axis 1 for ``lif*``, axis 2 for
+T keyframes are the encoder's outputs joined along T: axis 1 for ``lif*`` and ``frames``, axis 2 for
 ``keys*`` / ``values*`` (:func:`join_caches`, the same order as ``KeyframeCache.cat``).
 """
 from __future__ import annotations
@@ -29,12 +30,14 @@ def cache_names(model: KeyPropNet) -> List[str]:
             names.append(f"lif{i}")
         if model.cfg.cross_attention:
             names += [f"keys{i}", f"values{i}"]
+    if model.cfg.fused_gate:
+        names.append("frames")
     return names
 
 
 def keyframe_axis(name: str) -> int:
     """The axis along which T keyframes are joined in cached tensor ``name``."""
-    return 1 if name.startswith("lif") else 2
+    return 1 if name.startswith("lif") or name == "frames" else 2
 
 
 def join_caches(names: Sequence[str], per_keyframe: Sequence[Sequence[np.ndarray]]) -> List[np.ndarray]:
@@ -51,6 +54,8 @@ def flatten_cache(model: KeyPropNet, cache: KeyframeCache) -> List[torch.Tensor]
             out.append(cache.lifs[i])
         if model.cfg.cross_attention:
             out += list(cache.kv[i])
+    if model.cfg.fused_gate:
+        out.append(cache.frames)
     return out
 
 
@@ -61,6 +66,8 @@ def unflatten_cache(model: KeyPropNet, tensors: Sequence[torch.Tensor], size, co
             cache.lifs.append(next(it))
         if model.cfg.cross_attention:
             cache.kv.append((next(it), next(it)))
+    if model.cfg.fused_gate:
+        cache.frames = next(it)
     return cache
 
 

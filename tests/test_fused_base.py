@@ -19,9 +19,10 @@ from keyprop.core.training.sources import PictureBank
 H, W = 64, 96
 
 
-def fused_model(seed=0, zero_output=False):
+def fused_model(seed=0, zero_output=False, gate=False):
     torch.manual_seed(seed)
-    model = KeyPropNet(dataclasses.replace(get_config("test"), context_base=True, fused_base=True)).eval()
+    model = KeyPropNet(dataclasses.replace(get_config("test"), context_base=True, fused_base=True,
+                                           fused_gate=gate)).eval()
     model.preset = "test"
     if zero_output:
         torch.nn.init.zeros_(model.decoder.to_rgb.weight)
@@ -57,6 +58,42 @@ def test_config_rules():
     with pytest.raises(ValueError, match="no equivalent in the authors' generator"):
         dataclasses.replace(get_config("paper"), context_base=True, fused_base=True).to_reference()
     assert get_config("paper").fused_base is False
+    with pytest.raises(ValueError, match="fused_gate needs fused_base"):
+        dataclasses.replace(get_config("test"), fused_gate=True)
+
+
+def gate_inputs(shift_x=0.0, err=0.0, seed=4):
+    """A target whose hole holds ``base`` = the truth, one source = the truth shifted right by
+    3 px, seen along a flow of 3 + ``shift_x`` px with error ``err``."""
+    rgb = picture(H, W + 8, seed=seed)
+    truth, src_rgb = rgb[:, :W], rgb[:, 3:W + 3]
+    hole = np.zeros((H, W), np.float32)
+    hole[20:40, 30:60] = 1
+    target = np.concatenate([(truth * (1 - hole[:, :, None])).transpose(2, 0, 1), hole[None]])
+    target = with_base(target.astype(np.float32), np.ascontiguousarray(truth.transpose(2, 0, 1)))
+    src = np.concatenate([src_rgb.transpose(2, 0, 1), np.zeros((1, H, W))]).astype(np.float32)
+    flows = np.zeros((1, 2, H, W), np.float32)
+    flows[0, 0] = -3.0 + shift_x
+    errs = np.full((1, 1, H, W), err, np.float32)
+    return (torch.from_numpy(target)[None], torch.from_numpy(src)[None, None], torch.from_numpy(flows)[None],
+            torch.from_numpy(errs)[None], hole > 0)
+
+
+def test_the_gate_keeps_a_base_that_a_source_confirms():
+    gated, plain = fused_model(seed=6, gate=True), fused_model(seed=6)
+    target, srcs, flows, errs, hole = gate_inputs()
+    with torch.no_grad():
+        kept = gated(target, srcs, flows, errs)[0].numpy()
+        moved = plain(target, srcs, flows, errs)[0].numpy()
+        doubted = gated(*gate_inputs(shift_x=9.0)[:4])[0].numpy()       # the source disagrees
+        distrusted = gated(*gate_inputs(err=8.0)[:4])[0].numpy()        # its flow is unreliable
+    base = target[0, :3].numpy()
+    # A source that shows the hole as the base has it: the correction is gated off there ...
+    assert np.abs(kept - base)[:, hole].max() < 5e-3
+    # ... where the same weights without the gate change it, as they do when the source disagrees
+    # or its flow error is large.
+    for out in (moved, doubted, distrusted):
+        assert np.abs(out - base)[:, hole].mean() > 10 * np.abs(kept - base)[:, hole].mean()
 
 
 def test_with_base_fills_only_the_hole():
@@ -71,10 +108,11 @@ def test_with_base_fills_only_the_hole():
         with_base(frame, base[:, :10])
 
 
-def test_engines_take_the_base_as_the_targets_hole(tmp_path):
+@pytest.mark.parametrize("gate", [False, True])
+def test_engines_take_the_base_as_the_targets_hole(tmp_path, gate):
     from keyprop.export.engine import OnnxEngine
 
-    model = fused_model(seed=1)
+    model = fused_model(seed=1, gate=gate)
     path = tmp_path / "fb.pt"
     save_checkpoint(model, path, preset="test")
     engine = TorchEngine(load_model(str(path)), device="cpu")

@@ -51,6 +51,11 @@ class NetConfig:
                                   # by the shot pipeline's fusion (warped sources, composed in the
                                   # gradient domain) rather than by Telea, and the network learns
                                   # the correction to it (core.filler refines every fill with it)
+    fused_gate: bool = False      # ours (needs fused_base): the correction is scaled per pixel by
+                                  # 1 - the confidence that some source shows the base there (a
+                                  # warped source, inside its frame and off its hole, with a small
+                                  # flow error, that agrees with the base): where the fusion is
+                                  # already right the correction cannot change it
 
     def __post_init__(self):
         if not 0.0 < self.ratio_global < 1.0 and self.block_type == "ffc":
@@ -63,6 +68,8 @@ class NetConfig:
             raise ValueError(f"context_base needs out_act 'sigmoid' (a residual in logits), got {self.out_act!r}")
         if self.fused_base and not self.context_base:
             raise ValueError("fused_base needs context_base (the correction is a residual on the fused fill)")
+        if self.fused_gate and not self.fused_base:
+            raise ValueError("fused_gate needs fused_base (it gates the correction of the fused fill)")
         if self.warp_kernel < 1 or self.warp_kernel % 2 == 0:
             raise ValueError(f"warp_kernel must be an odd number >= 1, got {self.warp_kernel}")
         if self.bottleneck_channels != self.latent_dim:
@@ -151,7 +158,7 @@ class NetConfig:
 
     def to_reference(self) -> Dict[str, Any]:
         """The authors' constructor arguments for this config (inverse of from_reference)."""
-        if self.warp_kernel != 1 or self.latent_dim != 512 or self.context_base or self.fused_base:
+        if self.warp_kernel != 1 or self.latent_dim != 512 or self.context_base or self.fused_base or self.fused_gate:
             raise ValueError("this config has no equivalent in the authors' generator "
                              f"(warp_kernel={self.warp_kernel}, latent_dim={self.latent_dim}, "
                              f"context_base={self.context_base})")

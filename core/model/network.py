@@ -29,6 +29,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from ..ops import flow_warp
 from .config import NetConfig
 from .gif import LatentAttention, LatentInit, LatentRead, LatentWrite
 from .lif import FFCResBlock, make_lif_block
@@ -62,6 +63,26 @@ class UpNormAct(nn.Module):
 
 
 CONTEXT_EPS = 1e-3      # the context fill is clamped to [eps, 1 - eps] before its logit
+GATE_COLOUR = 0.04      # fused_gate: mean |warped source - base| (RGB in [0, 1]) at which a
+                        # source's agreement has fallen to 1/e
+GATE_FLOW_ERROR = 1.0   # fused_gate: flow consistency error (pixels) at which a source's
+                        # trust has fallen to 1/e
+
+
+def source_confidence(frames: torch.Tensor, flows: torch.Tensor, flow_errs: torch.Tensor,
+                      base: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) in [0, 1]: how sure the fused fill ``base`` (B, 3, H, W) is, per pixel.
+
+    Each keyframe in ``frames`` (B, T, 4, H, W; RGB, then its hole mask) is warped along its
+    flow; it vouches for a pixel as much as it shows it (inside its frame, off its hole), its
+    flow error is small and its colour agrees with the base. The best keyframe counts.
+    """
+    b, t, _, h, w = frames.shape
+    shown = torch.cat((frames[:, :, :3], 1.0 - frames[:, :, 3:4]), dim=2).reshape(b * t, 4, h, w)
+    warped = flow_warp(shown, flows.reshape(b * t, 2, h, w)).reshape(b, t, 4, h, w)
+    differ = (warped[:, :, :3] - base[:, None]).abs().mean(dim=2, keepdim=True)
+    trust = warped[:, :, 3:4].clamp(0.0, 1.0) * torch.exp(-flow_errs / GATE_FLOW_ERROR - differ / GATE_COLOUR)
+    return trust.amax(dim=1)
 
 
 class Encoder(nn.Module):
@@ -139,12 +160,14 @@ class KeyframeCache:
     ``lifs[i]``: (B, T, C, h, w) keyframe LIF after block i (for the warp).
     ``kv[i]``: (keys, values), each (B, heads, T * N, d), of block i's cross attention.
     ``size``: (H, W) of the frames they were computed at.
+    ``frames``: (B, T, 4, H, W) the keyframes themselves (``fused_gate`` models only, for the gate).
     """
 
     size: Tuple[int, int]
     count: int
     lifs: List[torch.Tensor] = field(default_factory=list)
     kv: List[Tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    frames: Optional[torch.Tensor] = None
 
     @staticmethod
     def cat(caches: Sequence["KeyframeCache"]) -> "KeyframeCache":
@@ -158,7 +181,8 @@ class KeyframeCache:
         lifs = [torch.cat(parts, dim=1) for parts in zip(*(c.lifs for c in caches))]
         kv = [(torch.cat([p[0] for p in parts], dim=2), torch.cat([p[1] for p in parts], dim=2))
               for parts in zip(*(c.kv for c in caches))]
-        return KeyframeCache(caches[0].size, sum(c.count for c in caches), lifs, kv)
+        frames = None if caches[0].frames is None else torch.cat([c.frames for c in caches], dim=1)
+        return KeyframeCache(caches[0].size, sum(c.count for c in caches), lifs, kv, frames)
 
     def nbytes(self) -> int:
         tensors = list(self.lifs) + [t for pair in self.kv for t in pair]
@@ -206,7 +230,7 @@ class KeyPropNet(nn.Module):
             raise ValueError(f"srcs must be (B, T, C, H, W), got shape {tuple(srcs.shape)}")
         b, t, c, h, w = srcs.shape
         self.check_size(h, w, "keyframes")
-        cache = KeyframeCache(size=(h, w), count=t)
+        cache = KeyframeCache(size=(h, w), count=t, frames=srcs if self.cfg.fused_gate else None)
         n_blocks = self.n_keyframe_blocks
         if n_blocks == 0:
             return cache
@@ -241,6 +265,8 @@ class KeyPropNet(nn.Module):
             if cross and self.cfg.deformable:
                 lif = block.keyframe_warp(lif, cache.lifs[i], flows, flow_errs)
         logits = self.decoder(lif)
+        if self.cfg.fused_gate:
+            logits = logits * (1.0 - source_confidence(cache.frames, flows, flow_errs, input[:, :3]))
         if self.cfg.context_base:
             logits = logits + torch.logit(input[:, :3].clamp(CONTEXT_EPS, 1.0 - CONTEXT_EPS))
         out = self.out_act(logits)

@@ -69,6 +69,8 @@ class ModelSection:
                                            # restarts at zero, i.e. at the prefilled frame)
     fused_base: Optional[bool] = None      # switch NetConfig.fused_base (on: also context_base, the
                                            # output layer restarts at zero, i.e. at the fused fill)
+    fused_gate: Optional[bool] = None      # switch NetConfig.fused_gate (needs fused_base; the
+                                           # weights stay: the gate only scales the correction)
 
 
 @dataclass
@@ -203,6 +205,11 @@ def build_model(section: ModelSection) -> KeyPropNet:
     if section.fused_base is not None and section.fused_base != model.cfg.fused_base:
         model = _with_base(model, context_base=model.cfg.context_base or section.fused_base,
                            fused_base=section.fused_base)
+    if section.fused_gate is not None and section.fused_gate != model.cfg.fused_gate:
+        try:
+            model = _replaced(model, fused_gate=section.fused_gate)
+        except ValueError as exc:
+            raise ConfigError(f"model.fused_gate: {exc}") from None
     return model
 
 
@@ -216,11 +223,18 @@ def _with_context_base(model: KeyPropNet, on: bool) -> KeyPropNet:
 def _with_base(model: KeyPropNet, context_base: bool, fused_base: bool) -> KeyPropNet:
     """``model`` with NetConfig.context_base / fused_base set (same weights); a new base (a
     residual on something else than before) restarts the last conv at zero."""
-    new = KeyPropNet(dataclasses.replace(model.cfg, context_base=context_base, fused_base=fused_base))
-    new.load_state_dict(model.state_dict())
+    new = _replaced(model, context_base=context_base, fused_base=fused_base,
+                    fused_gate=model.cfg.fused_gate and fused_base)
     if context_base:
         torch.nn.init.zeros_(new.decoder.to_rgb.weight)
         torch.nn.init.zeros_(new.decoder.to_rgb.bias)
+    return new
+
+
+def _replaced(model: KeyPropNet, **changes) -> KeyPropNet:
+    """``model`` with NetConfig fields changed, same weights, preset and provenance."""
+    new = KeyPropNet(dataclasses.replace(model.cfg, **changes))
+    new.load_state_dict(model.state_dict())
     new.preset = getattr(model, "preset", "custom")
     if hasattr(model, "provenance"):
         new.provenance = model.provenance
