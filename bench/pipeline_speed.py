@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """Shot pipeline benchmarks: frames per second, the ROI saving, memory vs shot length, real footage.
 
-    python bench/pipeline_speed.py                     # all four, the shipped model
+    python bench/pipeline_speed.py                     # all five, the shipped model
     python bench/pipeline_speed.py --only fps --model path/to/model.pt
     python bench/pipeline_speed.py --only real [--clips carphone --frames 4] [--json out.json]
 
 fps      1080p and 4K plates with a small (<= 5 % of the area) and a large (30 %) mask.
 roi      small-mask time vs the same plate processed as a full frame at plate resolution
          (what a tool without an ROI does); goal: ratio <= 0.15.
+wire     a 16-px wire across a 4K plate vs a whole 256x448 shot with the same wire, seconds per
+         frame keyed and keyless; goal: ratio <= 4.
 memory   peak resident memory of a 200-frame vs a 20-frame 1080p shot (separate processes);
          goal: ratio <= 1.2 (frames are streamed).
 Each of fps and roi is measured two ways. "warps": as the shots come (keyframes that show
@@ -45,7 +47,10 @@ import numpy as np
 SIZES = {"1080p": (1080, 1920), "4K": (2160, 3840)}
 
 
-def make_shot(root: Path, size, frames: int, mask_fraction: float, distinct: int = 4) -> dict:
+def make_shot(root: Path, size, frames: int, mask_fraction: float, distinct: int = 4, wire: int = 0) -> dict:
+    """A textured plate panning 4 px a frame under a vertical bar of ``mask_fraction`` of the
+    area moving 6 px a frame, or (``wire`` > 0) a slanted wire that many pixels thick across
+    the whole width moving 3 px a frame."""
     h, w = size
     rng = np.random.default_rng(0)
     strip = cv2.resize(rng.random((h // 16, (w + 64) // 16, 3)).astype(np.float32), (w + 64, h),
@@ -58,8 +63,12 @@ def make_shot(root: Path, size, frames: int, mask_fraction: float, distinct: int
             plate = np.ascontiguousarray(strip[:, 4 * i:4 * i + w])
             cv2.imwrite(str(root / f"plate.{f}.png"), (np.clip(plate, 0, 1) * 255).astype(np.uint8))
             mask = np.zeros((h, w), np.uint8)
-            x0 = int(w * 0.3) + 6 * i
-            mask[(h - mh) // 2:(h + mh) // 2, x0:x0 + mw] = 255
+            if wire:
+                y = h // 2 + 3 * i
+                cv2.line(mask, (0, y - h // 40), (w - 1, y + h // 40), 255, wire)
+            else:
+                x0 = int(w * 0.3) + 6 * i
+                mask[(h - mh) // 2:(h + mh) // 2, x0:x0 + mw] = 255
             cv2.imwrite(str(root / f"mask.{f}.png"), mask)
         else:
             src = 1001 + i % distinct
@@ -127,6 +136,24 @@ def bench_roi(args):
                 print(f"{name:6s} {mode:8s} {small:12.2f} {full:12.2f} {small / full:6.3f} {files:10.2f}", flush=True)
     print("file I/O: decoding each plate frame and writing it back, one after the other (what any run "
           "of the shot pays whatever its ROI; the fill overlaps it on other cores)")
+
+
+def bench_wire(args):
+    """A 16-px wire across a 4K plate against a whole 256x448 shot with the same wire, per frame."""
+    print(f"{'shot':14s} {'mode':8s} {'s/frame':>8s} {'file I/O s':>10s}")
+    times = {}
+    for name, size in (("4K wire", SIZES["4K"]), ("256x448 wire", (256, 448))):
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = make_shot(Path(tmp), size, 10, 0.0, wire=16)
+            files = file_io(paths, "1002-1009")
+            for mode in ("keyed", "keyless"):
+                shot = paths if mode == "keyed" else dict(paths, keys="")
+                run(shot, args.model, args.threads, "1002-1002")
+                times[name, mode] = run(shot, args.model, args.threads, "1002-1009")
+                print(f"{name:14s} {mode:8s} {times[name, mode]:8.3f} {files:10.3f}", flush=True)
+    for mode in ("keyed", "keyless"):
+        ratio = times["4K wire", mode] / times["256x448 wire", mode]
+        print(f"{mode}: 4K wire / 256x448 shot = {ratio:.2f} (goal <= 4)")
 
 
 def file_io(paths: dict, frames: str) -> float:
@@ -537,7 +564,7 @@ def bench_real(args):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", choices=["fps", "roi", "memory", "real"], action="append")
+    p.add_argument("--only", choices=["fps", "roi", "wire", "memory", "real"], action="append")
     p.add_argument("--model", default="default", help="model file, 'default' (the shipped model) or preset:NAME "
                    "(random weights)")
     p.add_argument("--sizes", nargs="+", default=["1080p", "4K"], choices=list(SIZES))
@@ -561,9 +588,10 @@ def main(argv=None):
         return _real_child(json.loads(args.real_child))
     if args.frames < 3:
         p.error("--frames: at least 3 (two keyframes and a frame to fill)")
-    for part in args.only or ["fps", "roi", "memory", "real"]:
+    for part in args.only or ["fps", "roi", "wire", "memory", "real"]:
         print(f"== {part}")
-        {"fps": bench_fps, "roi": bench_roi, "memory": bench_memory, "real": bench_real}[part](args)
+        {"fps": bench_fps, "roi": bench_roi, "wire": bench_wire, "memory": bench_memory,
+         "real": bench_real}[part](args)
 
 
 if __name__ == "__main__":

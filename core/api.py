@@ -256,16 +256,26 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
 
         plate_with_masks = set(mask_frames)
         keys_set = set(key_frames)
+        crops, key_lock = _Crops(), threading.Lock()
 
         def new_filler(engine=engine):
             """A ShotFiller (None without an ROI) with its own frame loader: one per thread
             that fills (a filler's caches and carried fill are its own)."""
-            loader = _Loader(read, frame_io.reader, plate_with_masks, box)
+            loader = _Loader(read, frame_io.reader, plate_with_masks, box, crops)
             if roi is None:
                 return None, loader
             return ShotFiller(engine, roi, settings, linear,
-                              key_loader=lambda k: read_ahead("key", k, expand(shot.keys, k)).region(*box),
+                              key_loader=key_crop,
                               source_loader=loader.source), loader
+
+        def key_crop(k):
+            """Keyframe ``k``'s ROI crop, decoded once for every filling thread (the windows
+            start together and want the same keyframes: the second waits for the first)."""
+            with key_lock:
+                kept = crops.get(("key", k))
+                if kept is None:
+                    kept = crops.put(("key", k), (read_ahead("key", k, expand(shot.keys, k)).region(*box),))
+            return kept[0]
 
         def is_filled(k):
             """Whether frame ``k`` is one the pipeline fills (on the inputs alone, not the range)."""
@@ -274,9 +284,9 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
             mask = read_mask_roi(k)
             return mask is not None and bool((mask > 0).any())
 
-        def fill_one(filler, k, plate, mask):
+        def fill_one(filler, loader, k):
             plan = plan_keyframes(k, key_frames, settings.max_keys) if key_frames else []
-            return filler.fill(plate.region(*box), mask, plan, source_candidates(k, plate_with_masks), k)
+            return filler.fill(*loader.source(k), plan, source_candidates(k, plate_with_masks), k)
 
         def fill_frame(filler, loader, frame):
             """One frame that is not a keyframe: (status, plate Frame, filled ROI or None)."""
@@ -289,12 +299,12 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
                 # handed to a worker) first fills the frames before this one in its window
                 # (not written): their fills are carried to this one as they are in a full run.
                 for earlier in chain(frame, is_filled):
-                    fill_one(filler, earlier, *loader.load(earlier))
+                    fill_one(filler, loader, earlier)
             plan = plan_keyframes(frame, key_frames, settings.max_keys) if key_frames else []
             status = "filled" if plan or source_candidates(frame, plate_with_masks) else "inpainted"
             if status == "inpainted":
                 log.warning("frame %d: no keyframe and no other frame: filled from its own context", frame)
-            return status, plate, fill_one(filler, frame, plate, mask)
+            return status, plate, fill_one(filler, loader, frame)
 
         # No more windows side by side than threads allowed (--threads 1: one core, one window).
         workers = min(int(settings.parallel_windows), int(settings.threads or settings.parallel_windows)) \
@@ -305,7 +315,7 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
             locked = _LockedEngine(engine)
             windows = _WindowFills(workers, lambda: new_filler(locked), fill_frame)
             plan_frames = windows.plan(frames, lambda f: resume and os.path.exists(expand(shot.out, f)), keys_set)
-            filler, loader = None, _Loader(read, frame_io.reader, plate_with_masks, box)
+            filler, loader = None, _Loader(read, frame_io.reader, plate_with_masks, box, crops)
         else:
             windows = None
             filler, loader = new_filler()
@@ -419,21 +429,57 @@ class _FrameIO:
         self.reader.shutdown(wait=True, cancel_futures=True)
 
 
+class _Crops:
+    """ROI crops of plate frames and their masks, shared by the filling threads: a frame
+    decoded once (as a target or a source) is a source for any window without another decode.
+    Windows filled side by side meet at their ends (the last frames of one take the first
+    frames of the next as sources, long after that window decoded them). Bounded by count and
+    by bytes (a whole-frame ROI at 4K keeps one or two), so memory stays flat in shot length."""
+
+    def __init__(self, count: int = 24, budget: int = 192 << 20):
+        self._items = LRU(count)
+        self._budget, self._lock = budget, threading.Lock()
+
+    def get(self, k):
+        with self._lock:
+            if k in self._items:
+                self._items.move_to_end(k)
+                return self._items[k]
+        return None
+
+    def put(self, k, value):
+        size = sum(a.nbytes for a in value if a is not None)
+        with self._lock:
+            if size <= self._budget:
+                self._items[k] = value
+                while sum(sum(a.nbytes for a in v if a is not None) for v in self._items.values()) > self._budget:
+                    self._items.popitem(last=False)
+        return value
+
+    def __contains__(self, k):
+        with self._lock:
+            return k in self._items
+
+
 class _Loader:
     """Plate frames (file samples) and their masks' ROI crops for one filling thread: each
     read once however often used (a target is often read again as a source), the next
-    frames decoded ahead on the reader thread. Not shared between threads."""
+    frames decoded ahead on the reader thread. Not shared between threads (the ROI crops,
+    ``crops``, are)."""
 
-    def __init__(self, read, reader, plate_with_masks, box):
+    def __init__(self, read, reader, plate_with_masks, box, crops: _Crops):
         self._read, self._reader, self._with_masks, self._box = read, reader, plate_with_masks, box
+        self._crops = crops
         self._frames = LRU(4)    # frame -> (plate Frame, mask ROI crop)
         self._reading: Dict[int, object] = {}   # frame -> Future of read(frame): the next two frames at most
 
-    def prefetch(self, frame: int) -> None:
+    def prefetch(self, frame: int, targets=None) -> None:
         """Decode the frames after ``frame`` (next targets, and the next source beyond them)
-        while it is filled: codecs release the GIL."""
+        while it is filled: codecs release the GIL. ``targets``: the frames this thread fills
+        (default: all); a frame beyond them is read only when no crop of it is kept."""
         for upcoming in (frame + 1, frame + 2):
-            if upcoming in self._with_masks and upcoming not in self._frames and upcoming not in self._reading:
+            if upcoming in self._with_masks and upcoming not in self._frames and upcoming not in self._reading \
+                    and (targets is None or upcoming in targets or upcoming not in self._crops):
                 self._reading[upcoming] = self._reader.submit(self._read, upcoming)
 
     def forget_ahead(self) -> None:
@@ -447,8 +493,12 @@ class _Loader:
         return self._frames.get_or(k, (lambda: future.result()) if future is not None else (lambda: self._read(k)))
 
     def source(self, k):
+        """Frame ``k``'s ROI crop (float pixels) and mask crop, decoded once for all threads."""
+        kept = self._crops.get(k)
+        if kept is not None:
+            return kept
         plate, mask = self.load(k)
-        return plate.region(*self._box), mask
+        return self._crops.put(k, (plate.region(*self._box), mask))
 
 
 class _LockedEngine:
@@ -560,7 +610,7 @@ class _WindowFills:
                 if future.set_running_or_notify_cancel():
                     future.set_exception(exc)
             return
-        failed = False
+        failed, targets = False, {frame for frame, _ in window}
         try:
             for frame, future in window:
                 if failed or self._stop.is_set():
@@ -569,7 +619,7 @@ class _WindowFills:
                 if not future.set_running_or_notify_cancel():
                     continue
                 try:
-                    loader.prefetch(frame)
+                    loader.prefetch(frame, targets)
                     future.set_result(self._fill_frame(filler, loader, frame))
                 except BaseException as exc:  # noqa: BLE001 - raised where the caller takes this frame
                     future.set_exception(exc)

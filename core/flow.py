@@ -273,8 +273,13 @@ def _hole(mask: np.ndarray | None, shape: tuple[int, int], margin: int) -> np.nd
 
 
 def _dis(source: np.ndarray, dest: np.ndarray) -> np.ndarray:
-    """DIS flow such that ``source(p) ~ dest(p + flow(p))``: float32 ``(h, w, 2)``."""
-    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    """DIS flow such that ``source(p) ~ dest(p + flow(p))``: float32 ``(h, w, 2)``.
+
+    One DIS object per thread, reused: making one costs about as much as a 640x128 flow, and
+    a call without an initial flow depends only on its two images."""
+    dis = getattr(_local, "dis", None)
+    if dis is None:
+        dis = _local.dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
     return dis.calc(source, dest, None)
 
 

@@ -132,7 +132,7 @@ def source_score(warped: np.ndarray, target: np.ndarray, hole: np.ndarray, error
     """
     usable = error < flowlib.OUT_OF_FRAME_ERROR
     known = (hole == 0) & usable
-    photo = np.abs(warped - target).mean(axis=2)
+    photo = mean_abs_difference(warped, target)
     photo = np.where(error > MAX_FLOW_ERROR_PX, np.float32(1.0), photo) * known
     # Smoothed over known pixels only (the hole's zeroed target must not bleed into its rim).
     weight = cv2.GaussianBlur(known.astype(np.float32), (0, 0), 2.0)
@@ -141,9 +141,23 @@ def source_score(warped: np.ndarray, target: np.ndarray, hole: np.ndarray, error
     return score.astype(np.float32), usable
 
 
+def mean_abs_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-pixel mean over channels of ``|a - b|``, (h, w, C) float32 -> (h, w) float32.
+
+    OpenCV's per-pixel transform: numpy's mean over a 3-long last axis costs 40 times as much
+    (2 ms against 0.05 at 640x128, and fusion takes a dozen per frame)."""
+    diff = cv2.absdiff(np.asarray(a, np.float32), np.asarray(b, np.float32))
+    if diff.ndim == 2:
+        return diff
+    c = diff.shape[2]
+    if c > 4:
+        return diff.mean(axis=2)
+    return cv2.transform(diff, np.full((1, c), 1.0 / c, np.float32))
+
+
 def _difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Smoothed per-pixel mean absolute difference of two images (display units)."""
-    return cv2.GaussianBlur(np.abs(a - b).mean(axis=2).astype(np.float32), (0, 0), AGREE_SIGMA)
+    return cv2.GaussianBlur(mean_abs_difference(a, b), (0, 0), AGREE_SIGMA)
 
 
 def context_fill(target: np.ndarray, hole: np.ndarray, radius: int = 5) -> np.ndarray:
