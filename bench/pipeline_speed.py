@@ -45,6 +45,7 @@ import cv2
 import numpy as np
 
 SIZES = {"1080p": (1080, 1920), "4K": (2160, 3840)}
+ROI_FRAMES = 24     # frames filled per shot by --only roi
 
 
 def make_shot(root: Path, size, frames: int, mask_fraction: float, distinct: int = 4, wire: int = 0) -> dict:
@@ -122,17 +123,18 @@ def bench_roi(args):
     for name in args.sizes:
         h, w = SIZES[name]
         with tempfile.TemporaryDirectory() as tmp:
-            # A thin wire-like mask; 10 frames so per-shot work (reading every mask for the ROI,
-            # encoding the two keyframes) is spread as in a real shot, not charged to 2 frames.
-            paths = make_shot(Path(tmp), (h, w), 10, 0.002)
-            files = file_io(paths, "1002-1009")
+            # A thin wire-like mask on a second of footage (24 frames filled, three temporal
+            # windows and a bit): per-shot work (reading every mask for the ROI, the keyframes)
+            # and the windows' uneven ends weigh as in a short real shot, not as on 8 frames.
+            paths = make_shot(Path(tmp), (h, w), ROI_FRAMES + 2, 0.002)
+            files = file_io(paths, f"1002-{1001 + ROI_FRAMES}")
             for mode, extra in MODES.items():
+                # With the network, 8 frames (one window): a full-frame network pass takes seconds.
+                frames = f"1002-{1001 + ROI_FRAMES}" if mode == "warps" else "1002-1009"
                 run(paths, args.model, args.threads, "1002-1002", **extra)
-                small = run(paths, args.model, args.threads, "1002-1009", **extra)
-                # Full frame: the ROI forced to the whole plate at plate resolution (with the
-                # network, a few frames: one takes seconds).
-                full = run(paths, args.model, args.threads, "1002-1009" if mode == "warps" else "1002-1004",
-                           margin=10.0, work_res=max(h, w), **extra)
+                small = run(paths, args.model, args.threads, frames, **extra)
+                # Full frame: the ROI forced to the whole plate at plate resolution, same frames.
+                full = run(paths, args.model, args.threads, frames, margin=10.0, work_res=max(h, w), **extra)
                 print(f"{name:6s} {mode:8s} {small:12.2f} {full:12.2f} {small / full:6.3f} {files:10.2f}", flush=True)
     print("file I/O: decoding each plate frame and writing it back, one after the other (what any run "
           "of the shot pays whatever its ROI; the fill overlaps it on other cores)")

@@ -23,8 +23,9 @@ import os
 import statistics
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Deque, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
@@ -214,7 +215,8 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
     mask_frames = [f for f in plate_frames if os.path.exists(expand(shot.mask, f))]
     kept_masks: Dict[int, tuple] = {}   # frame -> (bbox, mask inside it), from the ROI scan
     reach = max(abs(d) for d in SOURCE_OFFSETS)
-    frame_io = _FrameIO(readers=int(settings.parallel_windows))
+    # Two frames encode side by side unless the run is held to one thread.
+    frame_io = _FrameIO(readers=int(settings.parallel_windows), writers=1 if settings.threads == 1 else 2)
     try:
         # While the masks are scanned, the reader decodes what the first frame needs: its
         # plate and its keyframes (each is taken from here once, then read as usual).
@@ -383,48 +385,62 @@ def _timed(fn, *args) -> float:
 
 
 class _FrameIO:
-    """Background threads for frame files: one writes frames one frame behind the fill, in
-    order; ``readers`` (``reader``, one per filling thread) decode frames ahead.
+    """Background threads for frame files: ``writers`` encode and write frames behind the
+    fill (reported in frame order); ``readers`` (``reader``, one per filling thread) decode
+    frames ahead.
 
     Encoding a 4K frame costs as much as filling a small region of it; on its own thread
-    (codecs release the GIL) it overlaps the next frame's work. A failed write raises in
-    the caller at the next submit or drain; close() always waits, so no write is left
-    running (each is atomic: a temporary file renamed).
+    (codecs release the GIL) it overlaps the next frame's work, and with two writers two
+    frames encode side by side (one 4K PNG encode alone outlasts a wire's fill: one writer
+    was the slowest stage). A failed write raises in the caller at the next submit or drain;
+    close() always waits, so no write is left running (each is atomic: a temporary file
+    renamed).
     """
 
-    def __init__(self, readers: int = 1):
+    def __init__(self, readers: int = 1, writers: int = 1):
         from concurrent.futures import ThreadPoolExecutor
 
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keyprop-write")
-        self._pending = None
+        self._writers = max(1, int(writers))
+        self._pool = ThreadPoolExecutor(max_workers=self._writers, thread_name_prefix="keyprop-write")
+        self._pending: Deque[tuple] = deque()   # (Future or None, event, time), in frame order
         self.reader = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="keyprop-read")
 
     def submit(self, job, event):
-        """Queue ``job`` (fn, *args) or None; returns the events of writes now finished, each
-        with the time its frame was complete appended (the write's end; for no job, now)."""
-        finished = list(self.drain())
+        """Queue ``job`` (fn, *args) or None; returns the events of writes now finished, in
+        frame order, each with the time its frame was complete appended (the write's end; for
+        no job, now). Waits while ``writers`` writes are queued already."""
+        finished = []
+        while self._pending and (len(self._pending) >= self._writers or self._done(self._pending[0])):
+            finished.append(self._take())
         if job is None:
-            self._pending = (None, event, time.perf_counter())
+            self._pending.append((None, event, time.perf_counter()))
         else:
-            self._pending = (self._pool.submit(_timed, *job), event, None)
+            self._pending.append((self._pool.submit(_timed, *job), event, None))
+        while self._pending and self._done(self._pending[0]):
+            finished.append(self._take())
         return finished
 
-    def drain(self):
-        if self._pending is None:
-            return []
-        future, event, at = self._pending
-        self._pending = None
+    @staticmethod
+    def _done(pending) -> bool:
+        return pending[0] is None or pending[0].done()
+
+    def _take(self):
+        future, event, at = self._pending.popleft()
         if future is not None:
             at = future.result()
-        return [event + (at,)]
+        return event + (at,)
+
+    def drain(self):
+        return [self._take() for _ in range(len(self._pending))]
 
     def close(self):
-        pending, self._pending = self._pending, None
-        if pending is not None and pending[0] is not None:
-            try:
-                pending[0].result()
-            except Exception:  # noqa: BLE001 - the error that stopped the loop is the one to report
-                log.debug("pending write failed while stopping", exc_info=True)
+        pending, self._pending = list(self._pending), deque()
+        for future, _, _ in pending:
+            if future is not None:
+                try:
+                    future.result()
+                except Exception:  # noqa: BLE001 - the error that stopped the loop is the one to report
+                    log.debug("pending write failed while stopping", exc_info=True)
         self._pool.shutdown(wait=True)
         self.reader.shutdown(wait=True, cancel_futures=True)
 

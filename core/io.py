@@ -394,7 +394,12 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
 
     Values outside [0, 1] (float mattes) are clipped.
     """
-    return mask_from_pixels(read_image(path).pixels)
+    frame = read_frame(path)
+    if frame.raw.ndim == 2 and frame.raw.dtype.name in _INT_MAX:
+        # A one-channel integer matte: its samples scaled, as Frame.region scales them (already
+        # in [0, 1]; a 4K matte skips a float RGB copy and a clip).
+        return frame.raw.astype(np.float32) / np.float32(_INT_MAX[frame.raw.dtype.name])
+    return mask_from_pixels(frame.region())
 
 
 # ---------------------------------------------------------------------- size only
