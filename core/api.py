@@ -452,7 +452,7 @@ class _Crops:
     frames of the next as sources, long after that window decoded them). Bounded by count and
     by bytes (a whole-frame ROI at 4K keeps one or two), so memory stays flat in shot length."""
 
-    def __init__(self, count: int = 24, budget: int = 192 << 20):
+    def __init__(self, count: int = 16, budget: int = 96 << 20):
         self._items = LRU(count)
         self._budget, self._lock = budget, threading.Lock()
 
