@@ -28,7 +28,7 @@ from . import color
 from . import flow as flowlib
 from .composite import composite, composite_alpha, guidance, network_hole, poisson_fill
 from .fusion import Warped, context_fill, fuse, match_colour
-from .roi import ROI
+from .roi import ROI, mask_bbox
 from .settings import Settings
 from .temporal import same_window
 
@@ -277,17 +277,23 @@ class ShotFiller:
         self.last_labels = labels
         self._previous = (frame, np.where(region[:, :, None], fill, plate_work).astype(np.float32)) \
             if frame is not None and s.temporal else None
-        fill = roi.to_plate(fill)
+        # From here on at plate size, over the box the composite reaches only (a wire's band
+        # of a 4K ROI): every pixel outside it stays the plate's.
+        box = mask_bbox(alpha)
+        if box is None:
+            return self._composite(pixels, np.zeros(alpha.shape + (3,), np.float32), alpha)
+        y0, x0, y1, x1 = box
+        fill = roi.to_plate(fill)[y0:y1, x0:x1]
         if s.detail and roi.scale < 0.999 and detail_key is not None:
             index, key_plate, f, e = detail_key
             # The keyframe's detail only where the keyframe is what fills (another source's
             # region would get the keyframe's texture over its own: a ghost).
             share = weights[index] if weights is not None else np.ones(hole.shape, np.float32)
-            fill = self._restore_detail(fill, key_plate, f.transpose(2, 0, 1), e, share)
+            fill = self._restore_detail(fill, key_plate, f.transpose(2, 0, 1), e, share, box)
         fill = np.clip(fill, 0.0, 1.0)
         if self.linear:
             fill = color.to_linear(fill).astype(np.float32)
-        return self._composite(pixels, fill, alpha)
+        return self._composite(pixels, fill, alpha[y0:y1, x0:x1], (y0, x0))
 
     @property
     def previous_frame(self) -> Optional[int]:
@@ -324,30 +330,38 @@ class ShotFiller:
                                 None if base is None else np.ascontiguousarray(base.transpose(2, 0, 1)))  # (3, h, w)
         return np.ascontiguousarray(fill.transpose(1, 2, 0))
 
-    def _restore_detail(self, fill, key_plate, flow_work, err_work, share=None):
+    def _restore_detail(self, fill, key_plate, flow_work, err_work, share=None, box=None):
         """Add the nearest keyframe's high frequencies, warped at plate resolution, where flow
-        agrees (and, given ``share`` (h, w) at working size, in proportion to it)."""
+        agrees (and, given ``share`` (h, w) at working size, in proportion to it). ``box``
+        (y0, x0, y1, x1): ``fill`` is that part of the ROI at plate size (default: all of it);
+        the result is what the whole ROI's would hold there."""
         roi = self.roi
-        flow_plate = roi.flow_to_plate(np.ascontiguousarray(flow_work.transpose(1, 2, 0)))
-        warped = flowlib.warp(key_plate, flow_plate)
+        y0, x0, y1, x1 = box if box is not None else (0, 0, roi.height, roi.width)
         # High frequencies above what the working size kept, per axis (an axis not reduced
         # lost nothing: no blur along it).
         # (A sigma of 1e-6 makes OpenCV's kernel one tap wide: the identity.)
         sx, sy = (0.6 / s if s < 0.999 else 1e-6 for s in (roi.scale_x, roi.scale_y))
-        detail = warped - cv2.GaussianBlur(warped, (0, 0), sx, sigmaY=sy)
+        # The box grown by the blur's reach (OpenCV's kernel: 4 sigma a side), or to the ROI's
+        # edge where the whole ROI's blur meets the same border.
+        px, py = int(np.ceil(4 * sx)) + 2, int(np.ceil(4 * sy)) + 2
+        gy0, gx0, gy1, gx1 = max(0, y0 - py), max(0, x0 - px), min(roi.height, y1 + py), min(roi.width, x1 + px)
+        flow_plate = roi.flow_to_plate(np.ascontiguousarray(flow_work.transpose(1, 2, 0)))[gy0:gy1, gx0:gx1]
+        warped = flowlib.warp(key_plate, flow_plate, origin=(gx0, gy0))
+        detail = (warped - cv2.GaussianBlur(warped, (0, 0), sx, sigmaY=sy))[y0 - gy0:y1 - gy0, x0 - gx0:x1 - gx0]
         # Error in working pixels; resized linearly (cubic rings below 0 next to large errors).
         err = cv2.resize(np.clip(err_work, 0, 50).astype(np.float32), (roi.width, roi.height),
-                         interpolation=cv2.INTER_LINEAR)
+                         interpolation=cv2.INTER_LINEAR)[y0:y1, x0:x1]
         reliable = np.exp(-err)
         if share is not None:
             reliable = reliable * cv2.resize(share.astype(np.float32), (roi.width, roi.height),
-                                             interpolation=cv2.INTER_LINEAR)
+                                             interpolation=cv2.INTER_LINEAR)[y0:y1, x0:x1]
         return fill + reliable[:, :, None] * detail
 
-    def _composite(self, pixels, fill, alpha):
+    def _composite(self, pixels, fill, alpha, at=(0, 0)):
+        """``fill`` and ``alpha`` cover the ROI from ``at`` (row, column in the ROI)."""
         roi = self.roi
         inside = pixels.shape[:2] == (roi.height, roi.width)
-        return composite(pixels, fill, alpha, (0, 0) if inside else (roi.y0, roi.x0))
+        return composite(pixels, fill, alpha, (at[0], at[1]) if inside else (roi.y0 + at[0], roi.x0 + at[1]))
 
     def labels_at_plate(self, shape) -> np.ndarray:
         """The last fill's source labels (see :class:`fusion.Fusion`) in a frame of ``shape``

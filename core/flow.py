@@ -117,19 +117,24 @@ def _both(first, second):
 
 
 def warp(image: np.ndarray, flow: np.ndarray,
-         border: int = cv2.BORDER_REPLICATE) -> np.ndarray:
+         border: int = cv2.BORDER_REPLICATE, origin: tuple[int, int] = (0, 0)) -> np.ndarray:
     """Sample ``image`` at ``p + flow(p)`` with bilinear interpolation.
 
     Args:
         image: ``(H, W)`` or ``(H, W, C)``, float32 (other dtypes are converted).
         flow: float32 ``(H, W, 2)``, x then y, pixels, in the convention above.
         border: OpenCV border mode for samples outside ``image``.
+        origin: ``(x, y)`` of ``image`` where ``flow``'s first pixel is (a flow over part of
+            the image: the same samples as that part of the whole image's warp).
 
     Returns:
         ``image``'s layout with ``flow``'s height and width, float32.
     """
     flow = np.asarray(flow, dtype=np.float32)
-    return _sample(image, _grid(*flow.shape[:2]) + flow, border)
+    grid = _grid(*flow.shape[:2])
+    if origin != (0, 0):
+        grid = grid + np.array(origin, np.float32)   # whole pixels: exact, before the flow is added
+    return _sample(image, grid + flow, border)
 
 
 def _sample(image: np.ndarray, at: np.ndarray, border: int) -> np.ndarray:

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from keyprop import cli
+from keyprop.core import flow as flowlib
 from keyprop.core import io
 from keyprop.core.api import Settings, fill_frames, propagate
 from keyprop.core.runtime import create_engine
@@ -502,6 +503,37 @@ def test_detail_is_restored_along_the_reduced_axis_only(engine):
     key_x = np.repeat(rng.random((1, w, 3)).astype(np.float32), h, axis=0)
     fill_x = cv2.resize(cv2.resize(key_x, (w, 200), interpolation=cv2.INTER_AREA), (w, h), interpolation=cv2.INTER_CUBIC)
     assert np.abs(filler._restore_detail(fill_x, key_x, flow.transpose(2, 0, 1), err) - fill_x).max() < 1e-4
+
+
+def test_detail_over_the_composite_box_is_that_part_of_the_whole_rois(engine):
+    """The plate-size steps run over the box the composite reaches only: the keyframe's detail
+    there is, to the bit, what the whole ROI's computation holds there (the blur's reach and
+    the warp's sample positions included), whether the box meets the ROI's edges or not."""
+    from keyprop.core.api import ShotFiller
+    from keyprop.core.roi import ROI
+
+    h, w = 300, 960
+    rng = np.random.default_rng(3)
+    key = rng.random((h, w, 3)).astype(np.float32)
+    roi = ROI(0, 0, h, w, 128, 320)                       # reduced along both axes
+    filler = ShotFiller(engine, roi, Settings(), False, key_loader=lambda k: key)
+    fill = rng.random((h, w, 3)).astype(np.float32)
+    flow = (rng.random((128, 320, 2)).astype(np.float32) - 0.5) * 6
+    err = rng.random((128, 320)).astype(np.float32)
+    share = rng.random((128, 320)).astype(np.float32)
+    whole = filler._restore_detail(fill, key, flow.transpose(2, 0, 1), err, share)
+    for y0, x0, y1, x1 in ((100, 200, 180, 700), (0, 0, 40, w), (250, 900, h, w), (0, 0, h, w)):
+        part = filler._restore_detail(fill[y0:y1, x0:x1], key, flow.transpose(2, 0, 1), err, share, (y0, x0, y1, x1))
+        assert np.array_equal(part, whole[y0:y1, x0:x1]), (y0, x0, y1, x1)
+
+
+def test_warp_over_part_of_the_image_is_that_part_of_the_whole_warp():
+    rng = np.random.default_rng(4)
+    image = rng.random((60, 80, 3)).astype(np.float32)
+    flow = (rng.random((60, 80, 2)).astype(np.float32) - 0.5) * 9
+    whole = flowlib.warp(image, flow)
+    part = flowlib.warp(image, flow[10:50, 23:70], origin=(23, 10))
+    assert np.array_equal(part, whole[10:50, 23:70])
 
 
 def test_caches_stay_bounded_over_a_long_shot(engine):
