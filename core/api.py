@@ -23,7 +23,8 @@ import os
 import statistics
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Callable, Deque, Dict, Iterable, List, Optional, Sequence
 
@@ -259,11 +260,14 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
         plate_with_masks = set(mask_frames)
         keys_set = set(key_frames)
         crops, key_lock = _Crops(), threading.Lock()
+        # Decoded frames kept for every filling thread: a window's worth per thread at most
+        # (4K 8-bit: 25 MB a frame), 12 and 320 MB in all.
+        store = _FrameStore(read, frame_io.reader, count=6 * int(settings.parallel_windows), budget=320 << 20)
 
         def new_filler(engine=engine):
             """A ShotFiller (None without an ROI) with its own frame loader: one per thread
             that fills (a filler's caches and carried fill are its own)."""
-            loader = _Loader(read, frame_io.reader, plate_with_masks, box, crops)
+            loader = _Loader(store, plate_with_masks, box, crops)
             if roi is None:
                 return None, loader
             return ShotFiller(engine, roi, settings, linear,
@@ -317,7 +321,7 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
             locked = _LockedEngine(engine)
             windows = _WindowFills(workers, lambda: new_filler(locked), fill_frame)
             plan_frames = windows.plan(frames, lambda f: resume and os.path.exists(expand(shot.out, f)), keys_set)
-            filler, loader = None, _Loader(read, frame_io.reader, plate_with_masks, box, crops)
+            filler, loader = None, _Loader(store, plate_with_masks, box, crops)
         else:
             windows = None
             filler, loader = new_filler()
@@ -477,36 +481,98 @@ class _Crops:
             return k in self._items
 
 
-class _Loader:
-    """Plate frames (file samples) and their masks' ROI crops for one filling thread: each
-    read once however often used (a target is often read again as a source), the next
-    frames decoded ahead on the reader thread. Not shared between threads (the ROI crops,
-    ``crops``, are)."""
+class _FrameStore:
+    """Plate frames (file samples) and their masks' ROI crops, decoded once for every filling
+    thread: frame -> Future of ``read(frame)``, the most recent kept (at most ``count``, and
+    ``budget`` bytes of decoded frames, so memory stays flat in shot length). Windows filled
+    side by side share their ends (one window's first frames are the previous window's last
+    sources and targets): with a store per thread each decoded them again."""
 
-    def __init__(self, read, reader, plate_with_masks, box, crops: _Crops):
-        self._read, self._reader, self._with_masks, self._box = read, reader, plate_with_masks, box
-        self._crops = crops
-        self._frames = LRU(4)    # frame -> (plate Frame, mask ROI crop)
-        self._reading: Dict[int, object] = {}   # frame -> Future of read(frame): the next two frames at most
+    def __init__(self, read, reader, count: int, budget: int):
+        self._read, self._reader, self._count, self._budget = read, reader, count, budget
+        self._items: "OrderedDict[int, Future]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __contains__(self, k) -> bool:
+        with self._lock:
+            return k in self._items
+
+    def prefetch(self, k) -> Optional[Future]:
+        """Start decoding ``k`` on the reader thread (unless it is kept or under way)."""
+        with self._lock:
+            if k in self._items:
+                return None
+            future = self._items[k] = self._reader.submit(self._read, k)
+            self._trim()
+            return future
+
+    def load(self, k):
+        """``read(k)``: kept, under way (waited for), or decoded now on this thread."""
+        with self._lock:
+            future = self._items.get(k)
+            mine = future is None or future.cancelled()
+            if mine:
+                future = self._items[k] = Future()
+                future.set_running_or_notify_cancel()
+            self._items.move_to_end(k)
+            self._trim()
+        if mine:
+            try:
+                future.set_result(self._read(k))
+            except BaseException as exc:
+                future.set_exception(exc)
+                with self._lock:
+                    if self._items.get(k) is future:
+                        del self._items[k]
+                raise
+        return future.result()
+
+    def cancel(self, futures) -> None:
+        """Drop reads ahead not begun (``futures`` from :meth:`prefetch`)."""
+        with self._lock:
+            for k, future in list(self._items.items()):
+                if future in futures and future.cancel():
+                    del self._items[k]
+
+    def _trim(self) -> None:
+        def size(future):
+            if not future.done() or future.cancelled() or future.exception() is not None:
+                return 0
+            plate, mask = future.result()
+            return plate.raw.nbytes + (0 if mask is None else mask.nbytes)
+
+        while len(self._items) > self._count or \
+                (len(self._items) > 1 and sum(size(f) for f in self._items.values()) > self._budget):
+            self._items.popitem(last=False)
+
+
+class _Loader:
+    """One filling thread's view of the shared :class:`_FrameStore` and :class:`_Crops`:
+    the next frames decoded ahead on the reader thread (codecs release the GIL)."""
+
+    def __init__(self, store: _FrameStore, plate_with_masks, box, crops: _Crops):
+        self._store, self._with_masks, self._box, self._crops = store, plate_with_masks, box, crops
+        self._ahead: List[Future] = []   # this thread's reads ahead not taken yet
 
     def prefetch(self, frame: int, targets=None) -> None:
         """Decode the frames after ``frame`` (next targets, and the next source beyond them)
-        while it is filled: codecs release the GIL. ``targets``: the frames this thread fills
-        (default: all); a frame beyond them is read only when no crop of it is kept."""
+        while it is filled. ``targets``: the frames this thread fills (default: all); a frame
+        beyond them is read only when no crop of it is kept."""
+        self._ahead = [f for f in self._ahead if not f.done()]
         for upcoming in (frame + 1, frame + 2):
-            if upcoming in self._with_masks and upcoming not in self._frames and upcoming not in self._reading \
-                    and (targets is None or upcoming in targets or upcoming not in self._crops):
-                self._reading[upcoming] = self._reader.submit(self._read, upcoming)
+            if upcoming in self._with_masks and (targets is None or upcoming in targets or upcoming not in self._crops):
+                future = self._store.prefetch(upcoming)
+                if future is not None:
+                    self._ahead.append(future)
 
     def forget_ahead(self) -> None:
-        """Drop reads ahead not taken (a worker's next window is not the next frames)."""
-        for future in self._reading.values():
-            future.cancel()
-        self._reading.clear()
+        """Drop reads ahead not begun (a worker's next window is not the next frames)."""
+        self._store.cancel(self._ahead)
+        self._ahead = []
 
     def load(self, k):
-        future = self._reading.pop(k, None)
-        return self._frames.get_or(k, (lambda: future.result()) if future is not None else (lambda: self._read(k)))
+        """(plate Frame, mask ROI crop) of frame ``k``."""
+        return self._store.load(k)
 
     def source(self, k):
         """Frame ``k``'s ROI crop (float pixels) and mask crop, decoded once for all threads."""
