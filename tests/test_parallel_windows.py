@@ -215,3 +215,93 @@ def test_one_thread_fills_one_window_at_a_time(tmp_path, engine, monkeypatch):
     threads = filling_threads(monkeypatch)
     run(into(shot, tmp_path / "one"), engine, 2, settings={"threads": 1})
     assert not [t for t in threads if t.startswith("keyprop-window")]
+
+
+def test_plate_frames_are_decoded_about_once_with_windows_side_by_side(engine, tmp_path, monkeypatch):
+    """The window threads share one store of decoded frames and one of ROI crops: each plate
+    frame is decoded about once (a frame a window needs before the window that fills it has
+    read it, or after the store let it go, at most once more), keyframes once for the fills."""
+    shot = write_long_shot(tmp_path, keys=(FIRST, FIRST + N - 1))
+    reads, lock, real = {}, threading.Lock(), io.read_frame
+
+    def counting(path, *args, **kwargs):
+        with lock:
+            reads[Path(path).name] = reads.get(Path(path).name, 0) + 1
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(io, "read_frame", counting)
+    for keyed in (True, False):
+        reads.clear()
+        s = into(shot if keyed else Shot(shot.plate, shot.mask, "", shot.out), tmp_path / f"out{keyed}")
+        propagate(s, Settings(model=MODEL, parallel_windows=2, threads=2), engine=engine, overwrite=True)
+        plates = {k: v for k, v in reads.items() if k.startswith("plate")}
+        assert len(plates) == N and max(plates.values()) <= 2, plates
+        assert sum(plates.values()) <= N + 8, plates      # was 1.5-2x N with a store per thread
+        # A keyframe: once for every window's fills, once more as its own output frame.
+        assert all(v <= 2 for k, v in reads.items() if k.startswith("key")), reads
+
+
+def test_frame_store_shares_reads_and_stays_bounded():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from keyprop.core.api import _FrameStore
+
+    calls, lock = [], threading.Lock()
+
+    class Raw:
+        nbytes = 10
+
+    class Plate:
+        raw = Raw()
+
+    def read(k):
+        with lock:
+            calls.append(k)
+        if k == 13:
+            raise KeypropInputError("unreadable", f"plate.{k}")
+        return Plate(), None
+
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        store = _FrameStore(read, reader, count=3, budget=25)
+        assert store.load(1) is store.load(1) and calls == [1]
+        store.prefetch(2)
+        assert store.load(2)[0] is not None and calls == [1, 2]
+        # Two threads asking at once: one read.
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            a, b = pool.map(store.load, [3, 3])
+        assert a is b and calls.count(3) == 1
+        # Bounded by bytes (25: two frames of 10) and count: the oldest went.
+        assert 1 not in store and 2 in store and 3 in store
+        store.load(1)
+        assert calls.count(1) == 2
+        # A failed read raises for whoever asks and is not kept.
+        for _ in range(2):
+            with pytest.raises(KeypropInputError):
+                store.load(13)
+        assert calls.count(13) == 2 and 13 not in store
+
+
+def test_two_writers_report_frames_in_order():
+    import time
+
+    from keyprop.core.api import _FrameIO
+
+    written = []
+
+    def write(frame, seconds):
+        time.sleep(seconds)
+        written.append(frame)
+
+    frame_io = _FrameIO(writers=2)
+    events = []
+    try:
+        # Frame 1 takes longest: 2 finishes first, but is reported after 1.
+        for frame, seconds in ((1, 0.2), (2, 0.01), (3, 0.01), (4, 0.0)):
+            events += frame_io.submit((write, frame, seconds), (frame,))
+        events += frame_io.submit(None, (5,))
+        events += frame_io.drain()
+    finally:
+        frame_io.close()
+    assert [e[0] for e in events] == [1, 2, 3, 4, 5]
+    assert written.index(2) < written.index(1) and sorted(written) == [1, 2, 3, 4]
+    assert events[1][1] < events[0][1]      # each event carries its own write's end
