@@ -260,9 +260,11 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
         plate_with_masks = set(mask_frames)
         keys_set = set(key_frames)
         crops, key_lock = _Crops(), threading.Lock()
-        # Decoded frames kept for every filling thread: a window's worth per thread at most
-        # (4K 8-bit: 25 MB a frame), 12 and 320 MB in all.
-        store = _FrameStore(read, frame_io.reader, count=6 * int(settings.parallel_windows), budget=320 << 20)
+        # Decoded frames kept for every filling thread: 6 per thread at most, beyond 4 per
+        # thread (the frames around its target, as each thread kept before) only within 320 MB
+        # (4K 8-bit: 25 MB a frame; 4K float RGBA: 133 MB).
+        windows_n = int(settings.parallel_windows)
+        store = _FrameStore(read, frame_io.reader, count=6 * windows_n, budget=320 << 20, floor=4 * windows_n)
 
         def new_filler(engine=engine):
             """A ShotFiller (None without an ROI) with its own frame loader: one per thread
@@ -483,13 +485,15 @@ class _Crops:
 
 class _FrameStore:
     """Plate frames (file samples) and their masks' ROI crops, decoded once for every filling
-    thread: frame -> Future of ``read(frame)``, the most recent kept (at most ``count``, and
-    ``budget`` bytes of decoded frames, so memory stays flat in shot length). Windows filled
-    side by side share their ends (one window's first frames are the previous window's last
-    sources and targets): with a store per thread each decoded them again."""
+    thread: frame -> Future of ``read(frame)``, the most recent kept (at most ``count``;
+    beyond ``floor`` only within ``budget`` bytes of decoded frames; memory stays flat in shot
+    length). Windows filled side by side share their ends (one window's first frames are the
+    previous window's last sources and targets): with a store per thread each decoded them
+    again."""
 
-    def __init__(self, read, reader, count: int, budget: int):
+    def __init__(self, read, reader, count: int, budget: int, floor: int = 1):
         self._read, self._reader, self._count, self._budget = read, reader, count, budget
+        self._floor = floor     # frames kept whatever their size (each thread's working set)
         self._items: "OrderedDict[int, Future]" = OrderedDict()
         self._lock = threading.Lock()
 
@@ -542,7 +546,7 @@ class _FrameStore:
             return plate.raw.nbytes + (0 if mask is None else mask.nbytes)
 
         while len(self._items) > self._count or \
-                (len(self._items) > 1 and sum(size(f) for f in self._items.values()) > self._budget):
+                (len(self._items) > self._floor and sum(size(f) for f in self._items.values()) > self._budget):
             self._items.popitem(last=False)
 
 

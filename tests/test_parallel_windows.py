@@ -262,7 +262,7 @@ def test_frame_store_shares_reads_and_stays_bounded():
         return Plate(), None
 
     with ThreadPoolExecutor(max_workers=1) as reader:
-        store = _FrameStore(read, reader, count=3, budget=25)
+        store = _FrameStore(read, reader, count=3, budget=25)   # floor 1
         assert store.load(1) is store.load(1) and calls == [1]
         store.prefetch(2)
         assert store.load(2)[0] is not None and calls == [1, 2]
