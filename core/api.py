@@ -259,7 +259,9 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
 
         plate_with_masks = set(mask_frames)
         keys_set = set(key_frames)
-        crops, key_lock = _Crops(), threading.Lock()
+        # Keyframes' ROI crops for every filling thread (the windows start together and want
+        # the same keyframes: the second waits for the first's read).
+        key_crops, key_lock = LRU(2 * settings.max_keys + 2), threading.Lock()
         # Decoded frames kept for every filling thread: 6 per thread at most, beyond 4 per
         # thread (the frames around its target, as each thread kept before) only within 320 MB
         # (4K 8-bit: 25 MB a frame; 4K float RGBA: 133 MB).
@@ -269,7 +271,7 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
         def new_filler(engine=engine):
             """A ShotFiller (None without an ROI) with its own frame loader: one per thread
             that fills (a filler's caches and carried fill are its own)."""
-            loader = _Loader(store, plate_with_masks, box, crops)
+            loader = _Loader(store, plate_with_masks, box)
             if roi is None:
                 return None, loader
             return ShotFiller(engine, roi, settings, linear,
@@ -277,13 +279,9 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
                               source_loader=loader.source), loader
 
         def key_crop(k):
-            """Keyframe ``k``'s ROI crop, decoded once for every filling thread (the windows
-            start together and want the same keyframes: the second waits for the first)."""
+            """Keyframe ``k``'s ROI crop, decoded once for every filling thread."""
             with key_lock:
-                kept = crops.get(("key", k))
-                if kept is None:
-                    kept = crops.put(("key", k), (read_ahead("key", k, expand(shot.keys, k)).region(*box),))
-            return kept[0]
+                return key_crops.get_or(k, lambda: read_ahead("key", k, expand(shot.keys, k)).region(*box))
 
         def is_filled(k):
             """Whether frame ``k`` is one the pipeline fills (on the inputs alone, not the range)."""
@@ -323,7 +321,7 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
             locked = _LockedEngine(engine)
             windows = _WindowFills(workers, lambda: new_filler(locked), fill_frame)
             plan_frames = windows.plan(frames, lambda f: resume and os.path.exists(expand(shot.out, f)), keys_set)
-            filler, loader = None, _Loader(store, plate_with_masks, box, crops)
+            filler, loader = None, _Loader(store, plate_with_masks, box)
         else:
             windows = None
             filler, loader = new_filler()
@@ -451,38 +449,6 @@ class _FrameIO:
         self.reader.shutdown(wait=True, cancel_futures=True)
 
 
-class _Crops:
-    """ROI crops of plate frames and their masks, shared by the filling threads: a frame
-    decoded once (as a target or a source) is a source for any window without another decode.
-    Windows filled side by side meet at their ends (the last frames of one take the first
-    frames of the next as sources, long after that window decoded them). Bounded by count and
-    by bytes (a whole-frame ROI at 4K keeps one or two), so memory stays flat in shot length."""
-
-    def __init__(self, count: int = 16, budget: int = 96 << 20):
-        self._items = LRU(count)
-        self._budget, self._lock = budget, threading.Lock()
-
-    def get(self, k):
-        with self._lock:
-            if k in self._items:
-                self._items.move_to_end(k)
-                return self._items[k]
-        return None
-
-    def put(self, k, value):
-        size = sum(a.nbytes for a in value if a is not None)
-        with self._lock:
-            if size <= self._budget:
-                self._items[k] = value
-                while sum(sum(a.nbytes for a in v if a is not None) for v in self._items.values()) > self._budget:
-                    self._items.popitem(last=False)
-        return value
-
-    def __contains__(self, k):
-        with self._lock:
-            return k in self._items
-
-
 class _FrameStore:
     """Plate frames (file samples) and their masks' ROI crops, decoded once for every filling
     thread: frame -> Future of ``read(frame)``, the most recent kept (at most ``count``;
@@ -551,20 +517,19 @@ class _FrameStore:
 
 
 class _Loader:
-    """One filling thread's view of the shared :class:`_FrameStore` and :class:`_Crops`:
-    the next frames decoded ahead on the reader thread (codecs release the GIL)."""
+    """One filling thread's view of the shared :class:`_FrameStore`: the next frames decoded
+    ahead on the reader thread (codecs release the GIL)."""
 
-    def __init__(self, store: _FrameStore, plate_with_masks, box, crops: _Crops):
-        self._store, self._with_masks, self._box, self._crops = store, plate_with_masks, box, crops
+    def __init__(self, store: _FrameStore, plate_with_masks, box):
+        self._store, self._with_masks, self._box = store, plate_with_masks, box
         self._ahead: List[Future] = []   # this thread's reads ahead not taken yet
 
-    def prefetch(self, frame: int, targets=None) -> None:
+    def prefetch(self, frame: int) -> None:
         """Decode the frames after ``frame`` (next targets, and the next source beyond them)
-        while it is filled. ``targets``: the frames this thread fills (default: all); a frame
-        beyond them is read only when no crop of it is kept."""
+        while it is filled, unless the store holds them already."""
         self._ahead = [f for f in self._ahead if not f.done()]
         for upcoming in (frame + 1, frame + 2):
-            if upcoming in self._with_masks and (targets is None or upcoming in targets or upcoming not in self._crops):
+            if upcoming in self._with_masks:
                 future = self._store.prefetch(upcoming)
                 if future is not None:
                     self._ahead.append(future)
@@ -579,12 +544,9 @@ class _Loader:
         return self._store.load(k)
 
     def source(self, k):
-        """Frame ``k``'s ROI crop (float pixels) and mask crop, decoded once for all threads."""
-        kept = self._crops.get(k)
-        if kept is not None:
-            return kept
+        """Frame ``k``'s ROI crop (float pixels) and mask crop."""
         plate, mask = self.load(k)
-        return self._crops.put(k, (plate.region(*self._box), mask))
+        return plate.region(*self._box), mask
 
 
 class _LockedEngine:
@@ -696,7 +658,7 @@ class _WindowFills:
                 if future.set_running_or_notify_cancel():
                     future.set_exception(exc)
             return
-        failed, targets = False, {frame for frame, _ in window}
+        failed = False
         try:
             for frame, future in window:
                 if failed or self._stop.is_set():
@@ -705,7 +667,7 @@ class _WindowFills:
                 if not future.set_running_or_notify_cancel():
                     continue
                 try:
-                    loader.prefetch(frame, targets)
+                    loader.prefetch(frame)
                     future.set_result(self._fill_frame(filler, loader, frame))
                 except BaseException as exc:  # noqa: BLE001 - raised where the caller takes this frame
                     future.set_exception(exc)
