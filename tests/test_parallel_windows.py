@@ -218,8 +218,8 @@ def test_one_thread_fills_one_window_at_a_time(tmp_path, engine, monkeypatch):
 
 
 def test_plate_frames_are_decoded_about_once_with_windows_side_by_side(engine, tmp_path, monkeypatch):
-    """The window threads share one store of decoded frames and one of ROI crops: each plate
-    frame is decoded about once (a frame a window needs before the window that fills it has
+    """The window threads share one store of decoded frames: each plate frame is decoded
+    about once (a frame a window needs before the window that fills it has
     read it, or after the store let it go, at most once more), keyframes once for the fills."""
     shot = write_long_shot(tmp_path, keys=(FIRST, FIRST + N - 1))
     reads, lock, real = {}, threading.Lock(), io.read_frame
