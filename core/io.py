@@ -396,9 +396,8 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     """
     frame = read_frame(path)
     if frame.raw.ndim == 2 and frame.raw.dtype.name in _INT_MAX:
-        # A one-channel integer matte: its samples scaled, as Frame.region scales them (already
-        # in [0, 1]; a 4K matte skips a float RGB copy and a clip).
-        return frame.raw.astype(np.float32) / np.float32(_INT_MAX[frame.raw.dtype.name])
+        # A one-channel integer matte is in [0, 1] once scaled: no clip (nor its copy, at 4K).
+        return frame.region()[:, :, 0]
     return mask_from_pixels(frame.region())
 
 
