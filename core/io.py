@@ -46,8 +46,12 @@ import numpy as np  # noqa: E402
 # OpenCV logs its own line first for the same file (a WARN for a truncated PNG, an ERROR for
 # a truncated EXR), so its log stays silent unless OPENCV_LOG_LEVEL asks for it (set it to
 # WARNING to see what OpenCV says).
+# OpenCV 4 has cv2.setLogLevel; OpenCV 5 keeps it in cv2.utils.logging only.
 if "OPENCV_LOG_LEVEL" not in os.environ:
-    cv2.setLogLevel(0)  # LOG_LEVEL_SILENT (cv2.utils.logging is not in every build)
+    _set_log_level = getattr(cv2, "setLogLevel", None) or \
+        getattr(getattr(getattr(cv2, "utils", None), "logging", None), "setLogLevel", None)
+    if _set_log_level is not None:
+        _set_log_level(0)  # LOG_LEVEL_SILENT
 
 from .errors import KeypropInputError  # noqa: E402
 
