@@ -32,9 +32,10 @@ import numpy as np
 
 from . import color, io
 from . import flow as flowlib
+from .io import cv2  # OpenCV as core.io imports it (its EXR codec enabled first)
 from .composite import composite_alpha, network_hole
 from .errors import KeypropInputError
-from .filler import SOURCE_OFFSETS, LRU, ShotFiller, rgb3, source_candidates
+from .filler import SOURCE_OFFSETS, LRU, PreparedKeys, ShotFiller, rgb3, source_candidates
 from .roi import ROI, mask_bbox, plan_roi, union_bbox
 from .settings import Settings
 from .shot import Shot, expand, plan_keyframes, scan
@@ -262,6 +263,8 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
         # Keyframes' ROI crops for every filling thread (the windows start together and want
         # the same keyframes: the second waits for the first's read).
         key_crops, key_lock = LRU(2 * settings.max_keys + 2), threading.Lock()
+        # ... and prepared once for all of them (the fillers' keyframe sources).
+        prepared_keys = PreparedKeys(2 * settings.max_keys + 2)
         # Decoded frames kept for every filling thread: 6 per thread at most, beyond 4 per
         # thread (the frames around its target, as each thread kept before) only within 320 MB
         # (4K 8-bit: 25 MB a frame; 4K float RGBA: 133 MB).
@@ -276,7 +279,7 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
                 return None, loader
             return ShotFiller(engine, roi, settings, linear,
                               key_loader=key_crop,
-                              source_loader=loader.source), loader
+                              source_loader=loader.source, keys=prepared_keys), loader
 
         def key_crop(k):
             """Keyframe ``k``'s ROI crop, decoded once for every filling thread."""
@@ -315,6 +318,12 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
         # No more windows side by side than threads allowed (--threads 1: one core, one window).
         workers = min(int(settings.parallel_windows), int(settings.threads or settings.parallel_windows)) \
             if roi is not None else 1
+        # OpenCV's own threads: the cores left to each filling thread. Its pool serves one
+        # caller at a time (another caller runs alone) and its idle workers spin: with two
+        # windows on two cores and a pool of two, single frames of 176x144 shots stalled for
+        # 0.2-0.4 s against 0.1 s (bench/pipeline_speed.py --only real). Same pixels either way.
+        cv2_threads = cv2.getNumThreads()
+        cv2.setNumThreads(max(1, int(settings.threads or os.cpu_count() or 1) // workers))
         if workers > 1:
             # Windows filled side by side (_WindowFills); the workers' fillers share the engine
             # behind a lock (engines need not be thread-safe). This thread reads keyframes' plates.
@@ -364,6 +373,7 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
         finally:
             if windows is not None:
                 windows.close()   # after a cancel or an error: the workers' current frames end first
+            cv2.setNumThreads(cv2_threads)
         return result
     finally:
         frame_io.close()

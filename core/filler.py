@@ -18,6 +18,7 @@ live in their own modules::
 from __future__ import annotations
 
 import logging
+import threading
 from collections import OrderedDict
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -32,7 +33,7 @@ from .roi import ROI, mask_bbox
 from .settings import Settings
 from .temporal import same_window
 
-__all__ = ["ShotFiller", "source_candidates", "SOURCE_OFFSETS", "LRU", "rgb3"]
+__all__ = ["ShotFiller", "PreparedKeys", "source_candidates", "SOURCE_OFFSETS", "LRU", "rgb3"]
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,20 @@ class LRU(OrderedDict):
         return value
 
 
+class PreparedKeys:
+    """Keyframes prepared for filling, shared by the fillers of a shot's threads: each one is
+    prepared once (its crop converted and resized, its FlowFrame, whose ORB features are then
+    found once too), not once per thread; the ``size`` used last are kept."""
+
+    def __init__(self, size: int):
+        self._prepared = LRU(size)
+        self._lock = threading.Lock()
+
+    def get(self, frame: int, make: Callable[[], tuple]) -> tuple:
+        with self._lock:   # a thread asking for a keyframe another is preparing waits for it
+            return self._prepared.get_or(frame, make)
+
+
 class ShotFiller:
     """Fills targets of one shot at one ROI against keyframes encoded once (lazily).
 
@@ -94,10 +109,12 @@ class ShotFiller:
 
     def __init__(self, engine, roi: ROI, settings: Settings, linear: bool,
                  key_loader: Callable[[int], np.ndarray],
-                 source_loader: Optional[Callable[[int], tuple]] = None):
+                 source_loader: Optional[Callable[[int], tuple]] = None,
+                 keys: Optional[PreparedKeys] = None):
         self.engine, self.roi, self.settings, self.linear = engine, roi, settings, linear
         self.key_loader, self.source_loader = key_loader, source_loader
-        self._keys: Dict[int, tuple] = {}                     # keyframe -> (work RGB, ROI RGB, FlowFrame)
+        # keyframe -> (work RGB, ROI RGB, FlowFrame); ``keys``: shared with other fillers
+        self._keys = keys if keys is not None else PreparedKeys(2 * settings.max_keys + 2)
         self._key_handles: Dict[int, object] = {}             # keyframe -> engine handle (when the network runs)
         self._plate = LRU(2 * len(SOURCE_OFFSETS) + 2)      # frame -> (work RGB with hole zeroed, hole, FlowFrame)
         self._encoded = LRU(max(4, settings.max_sources + 2))  # frame -> engine handle
@@ -130,12 +147,12 @@ class ShotFiller:
 
     def keyframe(self, frame: int):
         """(working display RGB, ROI display RGB at plate size, FlowFrame) of a keyframe, cached."""
-        if frame not in self._keys:
+        def make():
             crop = self._display(self._crop(self.key_loader(frame)))
             work = self.roi.resize_to_work(crop)
             # No tag: a keyframe's flows are never asked for the other way round.
-            self._keys[frame] = (work, crop, self._flow_frame(work, None, None))
-        return self._keys[frame]
+            return work, crop, self._flow_frame(work, None, None)
+        return self._keys.get(frame, make)
 
     def _key_handle(self, frame: int):
         """The engine's encoding of a keyframe, made the first time the network runs."""

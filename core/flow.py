@@ -87,6 +87,7 @@ def directions_in_turn() -> None:
     handing one to the helper thread (for threads that already keep the cores busy side by
     side, e.g. core.api's window workers: queueing on the one helper would only make them wait)."""
     _local.in_turn = True
+    _thread_dis()   # made now, with the thread, rather than in its first frame's first flow
 
 
 def _both(first, second):
@@ -282,10 +283,15 @@ def _dis(source: np.ndarray, dest: np.ndarray) -> np.ndarray:
 
     One DIS object per thread, reused: making one costs about as much as a 640x128 flow, and
     a call without an initial flow depends only on its two images."""
+    return _thread_dis().calc(source, dest, None)
+
+
+def _thread_dis():
+    """This thread's DIS object (made on first use)."""
     dis = getattr(_local, "dis", None)
     if dis is None:
         dis = _local.dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-    return dis.calc(source, dest, None)
+    return dis
 
 
 def _prefill(luma: np.ndarray, mask: np.ndarray) -> np.ndarray:
