@@ -241,6 +241,51 @@ def test_plate_frames_are_decoded_about_once_with_windows_side_by_side(engine, t
         assert all(v <= 2 for k, v in reads.items() if k.startswith("key")), reads
 
 
+def test_keyframes_are_prepared_once_for_every_window_thread(engine, tmp_path, monkeypatch):
+    """The fillers of the window threads share their prepared keyframes (PreparedKeys): each
+    keyframe's FlowFrame is made once per run, not once per thread; the pixels are those of
+    one filler per thread (the bytes test above)."""
+    from keyprop.core import filler as filler_mod
+
+    shot = write_long_shot(tmp_path, keys=(FIRST, 110, FIRST + N - 1))
+    made, lock, real = [], threading.Lock(), filler_mod.ShotFiller._flow_frame
+
+    def counting(self, rgb, hole, tag):
+        if hole is None:   # a keyframe's (plate frames carry their hole)
+            with lock:
+                made.append(threading.current_thread().name)
+        return real(self, rgb, hole, tag)
+
+    monkeypatch.setattr(filler_mod.ShotFiller, "_flow_frame", counting)
+    threads = filling_threads(monkeypatch)
+    run(into(shot, tmp_path / "out"), engine, 2, settings={"threads": 2})
+    assert len([t for t in threads if t.startswith("keyprop-window")]) == 2, threads
+    assert len(made) == 3, made
+
+
+def test_opencv_threads_per_filling_thread_and_restored(engine, tmp_path, monkeypatch):
+    """While windows fill side by side, OpenCV gets the cores left to each filling thread (its
+    pool serves one caller at a time and spins while idle); the count is restored after."""
+    shot = write_long_shot(tmp_path, ())
+    seen, real = set(), ShotFiller.fill
+
+    def recording(self, *args, **kwargs):
+        seen.add(cv2.getNumThreads())
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ShotFiller, "fill", recording)
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(3)
+    try:
+        run(into(shot, tmp_path / "two"), engine, 2, settings={"threads": 2})
+        assert seen == {1} and cv2.getNumThreads() == 3
+        seen.clear()
+        run(into(shot, tmp_path / "one"), engine, 1, settings={"threads": 2})
+        assert seen == {2} and cv2.getNumThreads() == 3
+    finally:
+        cv2.setNumThreads(before)
+
+
 def test_frame_store_shares_reads_and_stays_bounded():
     from concurrent.futures import ThreadPoolExecutor
 
