@@ -35,7 +35,7 @@ from . import flow as flowlib
 from .io import cv2  # OpenCV as core.io imports it (its EXR codec enabled first)
 from .composite import composite_alpha, network_hole
 from .errors import KeypropInputError
-from .filler import SOURCE_OFFSETS, LRU, PreparedKeys, ShotFiller, rgb3, source_candidates
+from .filler import SOURCE_OFFSETS, LRU, ShotCaches, ShotFiller, rgb3, source_candidates
 from .roi import ROI, mask_bbox, plan_roi, union_bbox
 from .settings import Settings
 from .shot import Shot, expand, plan_keyframes, scan
@@ -263,8 +263,8 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
         # Keyframes' ROI crops for every filling thread (the windows start together and want
         # the same keyframes: the second waits for the first's read).
         key_crops, key_lock = LRU(2 * settings.max_keys + 2), threading.Lock()
-        # ... and prepared once for all of them (the fillers' keyframe sources).
-        prepared_keys = PreparedKeys(2 * settings.max_keys + 2)
+        # ... prepared once for all of them, as are plate frames and the flows between them.
+        shared = ShotCaches(settings, int(settings.parallel_windows))
         # Decoded frames kept for every filling thread: 6 per thread at most, beyond 4 per
         # thread (the frames around its target, as each thread kept before) only within 320 MB
         # (4K 8-bit: 25 MB a frame; 4K float RGBA: 133 MB).
@@ -279,7 +279,7 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
                 return None, loader
             return ShotFiller(engine, roi, settings, linear,
                               key_loader=key_crop,
-                              source_loader=loader.source, keys=prepared_keys), loader
+                              source_loader=loader.source, shared=shared), loader
 
         def key_crop(k):
             """Keyframe ``k``'s ROI crop, decoded once for every filling thread."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
+from concurrent.futures import Future
 from typing import Callable, Dict, List, Optional, Sequence
 
 import cv2
@@ -33,7 +34,7 @@ from .roi import ROI, mask_bbox
 from .settings import Settings
 from .temporal import same_window
 
-__all__ = ["ShotFiller", "PreparedKeys", "source_candidates", "SOURCE_OFFSETS", "LRU", "rgb3"]
+__all__ = ["ShotFiller", "ShotCaches", "SharedLRU", "source_candidates", "SOURCE_OFFSETS", "LRU", "rgb3"]
 
 log = logging.getLogger(__name__)
 
@@ -83,18 +84,72 @@ class LRU(OrderedDict):
         return value
 
 
-class PreparedKeys:
-    """Keyframes prepared for filling, shared by the fillers of a shot's threads: each one is
-    prepared once (its crop converted and resized, its FlowFrame, whose ORB features are then
-    found once too), not once per thread; the ``size`` used last are kept."""
+class SharedLRU:
+    """A least-recently-used cache that several threads use at once.
+
+    ``get_or(key, make)``: the first caller of a key makes its value while later callers wait
+    for it (nothing is made twice); ``get`` and ``[]=`` are the plain cache's, each under the
+    lock (two threads may then compute one value side by side: the callers' values must not
+    depend on who made them)."""
 
     def __init__(self, size: int):
-        self._prepared = LRU(size)
+        self._items = LRU(size)
         self._lock = threading.Lock()
 
-    def get(self, frame: int, make: Callable[[], tuple]) -> tuple:
-        with self._lock:   # a thread asking for a keyframe another is preparing waits for it
-            return self._prepared.get_or(frame, make)
+    @property
+    def size(self) -> int:
+        return self._items.size
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+    def __iter__(self):
+        with self._lock:
+            return iter(list(self._items))
+
+    def get(self, key, default=None):
+        with self._lock:
+            return self._items.get(key, default)
+
+    def __setitem__(self, key, value):
+        with self._lock:
+            self._items[key] = value
+
+    def get_or(self, key, make: Callable[[], object]):
+        with self._lock:
+            future = self._items.get(key)
+            mine = future is None
+            if mine:
+                future = self._items[key] = Future()
+            else:
+                self._items.move_to_end(key)
+        if mine:
+            try:
+                future.set_result(make())
+            except BaseException as exc:
+                with self._lock:
+                    if self._items.get(key) is future:
+                        del self._items[key]
+                future.set_exception(exc)
+                raise
+        return future.result()
+
+
+class ShotCaches:
+    """What the fillers of one shot's threads share, each value made once for all of them:
+    keyframes prepared (crop converted and resized, FlowFrame, its ORB features once found),
+    plate frames prepared as sources and targets, and the raw DIS flows between two plate
+    frames (both directions; where two windows meet, the pair at their border is flowed once,
+    not by each). ``fillers``: how many fillers use them (the sizes grow with it)."""
+
+    def __init__(self, settings: Settings, fillers: int = 1):
+        n = max(1, int(fillers))
+        self.keys = SharedLRU(2 * settings.max_keys + 2)
+        self.plates = SharedLRU(n * (2 * len(SOURCE_OFFSETS) + 2))  # frame -> (work RGB, hole zeroed; hole; FlowFrame)
+        # DIS flows both ways between two plate frames, completed in the holes: frame t's
+        # pair with t+1 serves t+1's with t.
+        self.pairs = SharedLRU(n * 2 * settings.max_sources)
 
 
 class ShotFiller:
@@ -110,17 +165,16 @@ class ShotFiller:
     def __init__(self, engine, roi: ROI, settings: Settings, linear: bool,
                  key_loader: Callable[[int], np.ndarray],
                  source_loader: Optional[Callable[[int], tuple]] = None,
-                 keys: Optional[PreparedKeys] = None):
+                 shared: Optional[ShotCaches] = None):
         self.engine, self.roi, self.settings, self.linear = engine, roi, settings, linear
         self.key_loader, self.source_loader = key_loader, source_loader
-        # keyframe -> (work RGB, ROI RGB, FlowFrame); ``keys``: shared with other fillers
-        self._keys = keys if keys is not None else PreparedKeys(2 * settings.max_keys + 2)
+        # ``shared``: the caches of every filler of the shot (default: this one's own)
+        shared = shared if shared is not None else ShotCaches(settings)
+        self._keys = shared.keys                               # keyframe -> (work RGB, ROI RGB, FlowFrame)
         self._key_handles: Dict[int, object] = {}             # keyframe -> engine handle (when the network runs)
-        self._plate = LRU(2 * len(SOURCE_OFFSETS) + 2)      # frame -> (work RGB with hole zeroed, hole, FlowFrame)
+        self._plate = shared.plates                            # frame -> (work RGB with hole zeroed, hole, FlowFrame)
         self._encoded = LRU(max(4, settings.max_sources + 2))  # frame -> engine handle
-        # DIS flows both ways between two plate frames, completed in the holes: frame t's
-        # pair with t+1 serves t+1's with t.
-        self._dis = LRU(2 * settings.max_sources)
+        self._dis = shared.pairs                               # (tag, tag) -> raw DIS pair, completed
         self.last_labels: Optional[np.ndarray] = None          # the last fill's source labels (working size)
         self._previous: Optional[tuple] = None                 # (frame, its fill composed at working size)
 
@@ -152,7 +206,7 @@ class ShotFiller:
             work = self.roi.resize_to_work(crop)
             # No tag: a keyframe's flows are never asked for the other way round.
             return work, crop, self._flow_frame(work, None, None)
-        return self._keys.get(frame, make)
+        return self._keys.get_or(frame, make)
 
     def _key_handle(self, frame: int):
         """The engine's encoding of a keyframe, made the first time the network runs."""

@@ -483,7 +483,7 @@ class FlowFrame:
 def _plain_pair(target: FlowFrame, key: FlowFrame, cache):
     """DIS target->key and key->target, each completed in the holes, at working size.
 
-    Shared through ``cache`` (a dict-like keyed by tag pairs): the reverse pair of frames
+    Shared through ``cache`` (``get`` and item setting, keyed by tag pairs): the reverse pair of frames
     reuses them swapped. The completions depend only on the two frames' holes, and each
     direction's valid region is the same whichever frame is the target, so the swap is
     exactly what computing the reverse pair would give."""
@@ -493,12 +493,15 @@ def _plain_pair(target: FlowFrame, key: FlowFrame, cache):
 
     if cache is None or target.tag is None or key.tag is None:
         return compute()
-    if (key.tag, target.tag) in cache:
-        backward, forward = cache[(key.tag, target.tag)]
+    # get() and setting only (a cache that threads share may drop an entry between two calls)
+    swapped = cache.get((key.tag, target.tag))
+    if swapped is not None:
+        backward, forward = swapped
         return forward, backward
-    if (target.tag, key.tag) not in cache:
-        cache[(target.tag, key.tag)] = compute()
-    return cache[(target.tag, key.tag)]
+    pair = cache.get((target.tag, key.tag))
+    if pair is None:
+        pair = cache[(target.tag, key.tag)] = compute()
+    return pair
 
 
 def flow(target: np.ndarray, key: np.ndarray,

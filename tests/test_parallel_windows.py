@@ -242,7 +242,7 @@ def test_plate_frames_are_decoded_about_once_with_windows_side_by_side(engine, t
 
 
 def test_keyframes_are_prepared_once_for_every_window_thread(engine, tmp_path, monkeypatch):
-    """The fillers of the window threads share their prepared keyframes (PreparedKeys): each
+    """The fillers of the window threads share their prepared keyframes (ShotCaches): each
     keyframe's FlowFrame is made once per run, not once per thread; the pixels are those of
     one filler per thread (the bytes test above)."""
     from keyprop.core import filler as filler_mod
@@ -261,6 +261,53 @@ def test_keyframes_are_prepared_once_for_every_window_thread(engine, tmp_path, m
     run(into(shot, tmp_path / "out"), engine, 2, settings={"threads": 2})
     assert len([t for t in threads if t.startswith("keyprop-window")]) == 2, threads
     assert len(made) == 3, made
+
+
+def test_shared_lru_makes_each_value_once_for_threads_that_ask_together():
+    """SharedLRU.get_or: callers of one key side by side get the one value the first made; a
+    failed make raises in every caller waiting for it and is not kept; the size holds."""
+    import time
+
+    from keyprop.core.filler import SharedLRU
+
+    cache, made, lock = SharedLRU(3), [], threading.Lock()
+
+    def make(key):
+        with lock:
+            made.append(key)
+        time.sleep(0.05)   # the other callers arrive while it is being made
+        return object()
+
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(cache.get_or("a", lambda: make("a")))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert made == ["a"] and len(got) == 4 and all(g is got[0] for g in got)
+
+    def fail():
+        time.sleep(0.05)
+        raise ValueError("bad frame")
+
+    errors = []
+
+    def ask():
+        try:
+            cache.get_or("b", fail)
+        except ValueError as exc:
+            errors.append(str(exc))
+
+    threads = [threading.Thread(target=ask) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == ["bad frame"] * 3 and cache.get("b") is None
+    for key in "cdef":
+        cache.get_or(key, lambda: key)
+        cache[key + "2"] = key
+    assert len(cache) <= cache.size == 3 and cache.get("f2") == "f"
 
 
 def test_opencv_threads_per_filling_thread_and_restored(engine, tmp_path, monkeypatch):
