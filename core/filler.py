@@ -184,9 +184,9 @@ class ShotFiller:
         return image if image.shape[:2] == (roi.height, roi.width) else roi.crop(image)
 
     def _display(self, pixels: np.ndarray) -> np.ndarray:
-        rgb = rgb3(pixels).astype(np.float32)
+        rgb = rgb3(pixels).astype(np.float32)   # a copy: clipped in place (a 4K ROI is copied once)
         rgb = color.to_display(rgb) if self.linear else rgb
-        return np.clip(rgb, 0.0, 1.0).astype(np.float32)
+        return np.clip(rgb, 0.0, 1.0, out=rgb)
 
     def _prepare(self, pixels: np.ndarray, mask: np.ndarray):
         """Plate pixels and mask -> working-size display RGB (hole zeroed) and binary hole."""
