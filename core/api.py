@@ -279,7 +279,7 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
                 return None, loader
             return ShotFiller(engine, roi, settings, linear,
                               key_loader=key_crop,
-                              source_loader=loader.source, shared=shared), loader
+                              source_loader=loader.candidate, shared=shared), loader
 
         def key_crop(k):
             """Keyframe ``k``'s ROI crop, decoded once for every filling thread."""
@@ -478,23 +478,29 @@ class _FrameStore:
             return k in self._items
 
     def prefetch(self, k) -> Optional[Future]:
-        """Start decoding ``k`` on the reader thread (unless it is kept or under way)."""
+        """Start decoding ``k`` on the reader thread (unless it is kept or under way: then it
+        is marked as wanted soon, the last to let go)."""
         with self._lock:
             if k in self._items:
+                self._items.move_to_end(k)
                 return None
             future = self._items[k] = self._reader.submit(self._read, k)
             self._trim()
             return future
 
-    def load(self, k):
-        """``read(k)``: kept, under way (waited for), or decoded now on this thread."""
+    def load(self, k, recent: bool = True):
+        """``read(k)``: kept, under way (waited for), or decoded now on this thread.
+
+        ``recent=False``: a frame wanted once for now (a source prepared once for every
+        thread), not soon again. Decoded here, it is kept as the first to let go, and a kept
+        one is not marked used: the frames the threads will fill next (read ahead) stay."""
         with self._lock:
             future = self._items.get(k)
             mine = future is None or future.cancelled()
             if mine:
                 future = self._items[k] = Future()
                 future.set_running_or_notify_cancel()
-            self._items.move_to_end(k)
+            self._items.move_to_end(k, last=recent or not mine)
             self._trim()
         if mine:
             try:
@@ -556,6 +562,14 @@ class _Loader:
     def source(self, k):
         """Frame ``k``'s ROI crop (float pixels) and mask crop."""
         plate, mask = self.load(k)
+        return plate.region(*self._box), mask
+
+    def candidate(self, k):
+        """:meth:`source` for a frame prepared as a source of another (once for every thread,
+        core.filler.ShotCaches): a frame decoded for that alone does not push out the frames
+        the threads fill next (a far candidate, +-4 to +-32 frames away, would have: at 4K,
+        a keyless wire's 24 frames took 50 plate decodes)."""
+        plate, mask = self._store.load(k, recent=False)
         return plate.region(*self._box), mask
 
 
