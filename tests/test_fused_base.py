@@ -245,17 +245,20 @@ def test_network_ablation_bench_runs(tmp_path, capsys):
         bench.main(["--model", "preset:test", "--parts", "static"])
 
 
-def test_shipped_fused_base_recipe_runs_a_step_on_cpu(tmp_path):
-    """core/training/configs/fused_base.yaml (the GPU recipe, `--device cuda --workers N
-    --minutes 9 --run-dir DIR`) for one step on the CPU, with a worker process making the data;
-    its picture folder (tools/fetch_pictures.py) is left out here."""
+@pytest.mark.parametrize("config", ["fused_base.yaml", "fused_gate_gpu.yaml"])
+def test_shipped_fused_base_recipe_runs_a_step_on_cpu(tmp_path, config):
+    """core/training/configs/fused_base.yaml and fused_gate_gpu.yaml (the GPU recipes,
+    `--device cuda --workers N --minutes M --run-dir DIR`; tools/gpu_train.sh) for one step on
+    the CPU, with a worker process making the data; the picture folder
+    (tools/fetch_pictures.py) is left out here."""
     from pathlib import Path
 
     from keyprop.core.training.loop import load_config
 
     root = Path(__file__).resolve().parents[1]
-    cfg = load_config(root / "core" / "training" / "configs" / "fused_base.yaml")
+    cfg = load_config(root / "core" / "training" / "configs" / config)
     assert cfg.model.fused_base is True and cfg.data.clips is True and cfg.model.init == "models/default.pt"
+    assert bool(cfg.model.fused_gate) is (config == "fused_gate_gpu.yaml")
     cfg.model.init = str(root / "models" / "default.pt")
     cfg.data.folders, cfg.data.clips, cfg.data.workers = [], False, 1
     cfg.data.batch, cfg.train.steps, cfg.validate_count = 1, 1, 1
