@@ -35,7 +35,7 @@ from . import flow as flowlib
 from .io import cv2  # OpenCV as core.io imports it (its EXR codec enabled first)
 from .composite import composite_alpha, network_hole
 from .errors import KeypropInputError
-from .filler import SOURCE_OFFSETS, LRU, ShotCaches, ShotFiller, rgb3, source_candidates
+from .filler import SOURCE_OFFSETS, ShotCaches, ShotFiller, rgb3, source_candidates
 from .roi import ROI, mask_bbox, plan_roi, union_bbox
 from .settings import Settings
 from .shot import Shot, expand, plan_keyframes, scan
@@ -260,10 +260,9 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
 
         plate_with_masks = set(mask_frames)
         keys_set = set(key_frames)
-        # Keyframes' ROI crops for every filling thread (the windows start together and want
-        # the same keyframes: the second waits for the first's read).
-        key_crops, key_lock = LRU(2 * settings.max_keys + 2), threading.Lock()
-        # ... prepared once for all of them, as are plate frames and the flows between them.
+        # What every filling thread's filler shares: keyframes prepared once (the windows start
+        # together and want the same keyframes: the second waits for the first's, which reads
+        # the keyframe's file then), plate frames prepared and the flows between them.
         shared = ShotCaches(settings, int(settings.parallel_windows))
         # Decoded frames kept for every filling thread: 6 per thread at most, beyond 4 per
         # thread (the frames around its target, as each thread kept before) only within 320 MB
@@ -282,9 +281,8 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
                               source_loader=loader.candidate, shared=shared), loader
 
         def key_crop(k):
-            """Keyframe ``k``'s ROI crop, decoded once for every filling thread."""
-            with key_lock:
-                return key_crops.get_or(k, lambda: read_ahead("key", k, expand(shot.keys, k)).region(*box))
+            """Keyframe ``k``'s ROI crop (read when ShotCaches prepares it: once for every thread)."""
+            return read_ahead("key", k, expand(shot.keys, k)).region(*box)
 
         def is_filled(k):
             """Whether frame ``k`` is one the pipeline fills (on the inputs alone, not the range)."""
