@@ -86,7 +86,9 @@ def make_shot(root: Path, size, frames: int, mask_fraction: float, distinct: int
 EXTRA = {}   # settings every run gets (--no-plate-sources)
 
 
-def run(paths: dict, model: str, threads: int, frames: str, **settings) -> float:
+def run(paths: dict, model: str, threads: int, frames: str, full_frame: bool = False, **settings) -> float:
+    """Seconds per frame to fill ``frames`` ("first-last"); ``full_frame``: the ROI must be
+    the whole plate at plate resolution (checked)."""
     settings = {**EXTRA, **settings}
     model = None if model == "default" else model     # None: the shipped model
     from keyprop.core.api import Settings, propagate
@@ -97,8 +99,19 @@ def run(paths: dict, model: str, threads: int, frames: str, **settings) -> float
     engine = create_engine("torch", model=model, threads=threads)
     shot = Shot(paths["plate"], paths["mask"], paths["keys"], paths["out"], first, last)
     t0 = time.perf_counter()
-    propagate(shot, Settings(model=model, **settings), engine=engine, overwrite=True)
-    return (time.perf_counter() - t0) / (last - first + 1)
+    result = propagate(shot, Settings(model=model, **settings), engine=engine, overwrite=True)
+    spf = (time.perf_counter() - t0) / (last - first + 1)
+    if full_frame:
+        from keyprop.core import io
+
+        roi, (h, w) = result.roi, io.image_size(expand_first(paths["plate"], first))
+        if (roi.y0, roi.x0, roi.y1, roi.x1, roi.work_h, roi.work_w) != (0, 0, h, w, h, w):
+            raise SystemExit(f"the full-frame run worked on {roi}, not the whole {w}x{h} plate")
+    return spf
+
+
+def expand_first(pattern: str, frame: int) -> str:
+    return pattern.replace("####", str(frame))
 
 
 MODES = {"warps": {}, "network": {"warp_blend": False}}
@@ -134,7 +147,11 @@ def bench_roi(args):
                 run(paths, args.model, args.threads, "1002-1002", **extra)
                 small = run(paths, args.model, args.threads, frames, **extra)
                 # Full frame: the ROI forced to the whole plate at plate resolution, same frames.
-                full = run(paths, args.model, args.threads, frames, margin=10.0, work_res=max(h, w), **extra)
+                # The margin is a fraction of the masks' box per side, so it must exceed the
+                # plate over the box's thin side (an 8-px bar: margin 10 gave a 632-px-wide
+                # crop, not the plate, until 2026-11-30); run() checks the ROI it got.
+                full = run(paths, args.model, args.threads, frames, full_frame=True, margin=float(max(h, w)),
+                           work_res=max(h, w), **extra)
                 print(f"{name:6s} {mode:8s} {small:12.2f} {full:12.2f} {small / full:6.3f} {files:10.2f}", flush=True)
     print("file I/O: decoding each plate frame and writing it back, one after the other (what any run "
           "of the shot pays whatever its ROI; the fill overlaps it on other cores)")
