@@ -83,7 +83,7 @@ def make_shot(root: Path, size, frames: int, mask_fraction: float, distinct: int
                 keys=str(root / "key.####.png"), out=str(root / "out" / "f.####.png"))
 
 
-EXTRA = {}   # settings every run gets (--no-plate-sources)
+EXTRA = {}   # settings every run gets (--no-plate-sources, --parallel-windows)
 
 
 def run(paths: dict, model: str, threads: int, frames: str, full_frame: bool = False, **settings) -> float:
@@ -224,7 +224,9 @@ def bench_memory(args):
     peaks = {}
     for frames in (20, 200):
         proc = subprocess.run([sys.executable, __file__, "--memory-child", str(frames), "--model", args.model,
-                               "--threads", str(args.threads)], capture_output=True, text=True, check=True)
+                               "--threads", str(args.threads)]
+                              + (["--parallel-windows", str(args.parallel_windows)] if args.parallel_windows else []),
+                              capture_output=True, text=True, check=True)
         peaks[frames] = json.loads(proc.stdout.strip().splitlines()[-1])["peak_kib"] / 1024
         print(f"{frames:4d} frames at 1080p: peak RSS {peaks[frames]:8.1f} MiB", flush=True)
     print(f"ratio 200/20: {peaks[200] / peaks[20]:.3f}")
@@ -298,7 +300,8 @@ class _Timers:
 
     Compute parts are timed on the threads that fill frames (the main thread, or each window
     worker of ``parallel_windows``; flow's helper thread works while they wait inside a timed
-    call), and a call is charged to the outermost timed part it runs in on its thread (a flow
+    call) and on the lookahead threads that find the next frames' flows for them (their busy
+    time is ``ahead``: ShotFiller.find_flows and find_pair calls), and a call is charged to the outermost timed part it runs in on its thread (a flow
     computed while choosing sources is search time), so the parts never overlap. File I/O is
     timed on every thread (reads ahead and writes behind run on background threads), the
     outermost I/O call per thread.
@@ -310,6 +313,7 @@ class _Timers:
         self.io_all = self.io_main = 0.0
         self.missing = []
         self.fills = []                   # per ShotFiller.fill call: frame, seconds, each part's seconds
+        self.ahead = 0.0                  # seconds the lookahead threads spent finding flows
         self._state = threading.local()   # .inside: the compute part this thread is in
         self._io_depth = threading.local()
         self._lock = threading.Lock()
@@ -336,9 +340,27 @@ class _Timers:
         return timed
 
     def fills_frames(self) -> bool:
-        """Whether this thread fills frames: the main thread, or a window worker."""
+        """Whether this thread fills frames (the main thread, or a window worker) or finds
+        their flows ahead (a lookahead thread)."""
         thread = threading.current_thread()
-        return thread is self.main or thread.name.startswith("keyprop-window")
+        return thread is self.main or thread.name.startswith(("keyprop-window", "keyprop-ahead"))
+
+    def per_ahead(self, fn):
+        """A lookahead call (ShotFiller.find_flows / find_pair on a lookahead thread): its
+        seconds count as filling time (the shares' denominator)."""
+        timers = self
+
+        @functools.wraps(fn)
+        def timed(*args, **kwargs):
+            if not threading.current_thread().name.startswith("keyprop-ahead"):
+                return fn(*args, **kwargs)
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                with timers._lock:
+                    timers.ahead += time.perf_counter() - t0
+        return timed
 
     def per_fill(self, fn):
         """ShotFiller.fill, recorded per call: the frame, its seconds and the parts' seconds in
@@ -422,6 +444,9 @@ def _instrument(engine) -> _Timers:
             else:
                 setattr(module, name, wrapped)
     filler.ShotFiller.fill = timers.per_fill(filler.ShotFiller.fill)
+    for name in ("find_flows", "find_pair"):
+        if hasattr(filler.ShotFiller, name):
+            setattr(filler.ShotFiller, name, timers.per_ahead(getattr(filler.ShotFiller, name)))
     for name in ("read_frame", "read_image", "read_mask", "image_size", "write_frame", "write_image"):
         fn = getattr(io, name, None)
         if fn is None:
@@ -439,7 +464,7 @@ def _real_child(spec: dict) -> None:
     from keyprop.core.shot import Shot
 
     model = None if spec["model"] == "default" else spec["model"]
-    settings = Settings(model=model, threads=spec["threads"], **EXTRA)
+    settings = Settings(model=model, threads=spec["threads"], **spec.get("extra", EXTRA))
     t0 = time.perf_counter()
     # What propagate would make itself, made here so the model's load is not a frame's cost.
     engine = create_engine(settings.backend, settings.model, settings.device, settings.threads)
@@ -460,7 +485,7 @@ def _real_child(spec: dict) -> None:
     cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
     print(json.dumps({"wall": wall, "cpu": cpu, "load": load, "events": events, "peak_kib": _peak_kib(),
                       "parts": timers.seconds, "io_all": timers.io_all, "io_main": timers.io_main,
-                      "fills": timers.fills, "missing": timers.missing}))
+                      "fills": timers.fills, "ahead": timers.ahead, "missing": timers.missing}))
 
 
 def _summary(name: str, size, mode: str, child: dict) -> dict:
@@ -474,7 +499,7 @@ def _summary(name: str, size, mode: str, child: dict) -> dict:
     at = [0.0] + [e["at"] for e in child["events"]]
     steps = np.diff(at)
     fills = child["fills"]
-    fill_total = max(sum(f["seconds"] for f in fills), 1e-9)
+    fill_total = max(sum(f["seconds"] for f in fills) + child.get("ahead", 0.0), 1e-9)
     slowest = max(fills, key=lambda f: f["seconds"]) if fills else None
     return {
         "shot": name, "size": f"{size[1]}x{size[0]}", "mode": mode, "frames": frames,
@@ -536,14 +561,17 @@ def bench_real(args):
       slowest fill   the longest ShotFiller.fill call, the frame it filled and the network's
                      seconds in it: what one frame costs, whatever the events report (an
                      event's seconds may span the next frame's fill too: the write of frame
-                     k finishes, and is reported, after frame k+1 is filled)
+                     k finishes, and is reported, after frame k+1 is filled). One frame after
+                     another, a fill finds most of its flows found ahead on other threads:
+                     its seconds are then the composing and the waiting only
       network frames frames whose fill ran the network (per-frame figures in the JSON: "fills")
       keyless/keyed  wall s/frame keyless / keyed, same shot, same benchmark run
       peak MiB       the child process's VmHWM (torch and the model included)
       CPU            process CPU time (all threads, user + system) / wall: 2.0 = two cores busy
       shares         compute parts: of the time spent in ShotFiller.fill on the threads that
-                     fill frames (the main thread or the window workers, parallel_windows),
-                     each call charged to the outermost part on its thread:
+                     fill frames (the main thread or the window workers, parallel_windows)
+                     and finding flows ahead on the lookahead threads (one frame after
+                     another), each call charged to the outermost part on its thread:
                        flow     functions and FlowFrame methods of core/flow.py (DIS, completion,
                                 pre-alignment, warps), outside source search
                        search   ShotFiller.choose_sources (the flows it computes included)
@@ -574,8 +602,7 @@ def bench_real(args):
             for mode in REAL_MODES:
                 spec = dict(plate=paths["plate"], mask=paths["mask"], first=paths["first"], last=paths["last"],
                             model=args.model, threads=args.threads, **paths[mode])
-                proc = subprocess.run([sys.executable, __file__, "--real-child", json.dumps(spec)]
-                                      + (["--no-plate-sources"] if EXTRA.get("plate_sources") is False else []),
+                proc = subprocess.run([sys.executable, __file__, "--real-child", json.dumps(dict(spec, extra=EXTRA))],
                                       capture_output=True, text=True)
                 if proc.returncode != 0:
                     raise RuntimeError(f"{clip}_{kind} {mode}: the child failed:\n{proc.stderr[-3000:]}")
@@ -602,6 +629,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-plate-sources", action="store_true",
                    help="keyframes only (no plate frames as extra sources), as before plate sources existed")
+    p.add_argument("--parallel-windows", type=int, help="every run fills this many windows side by side "
+                   "(default: the Settings default)")
     p.add_argument("--clips", nargs="+", default=list(REAL_CLIPS), choices=REAL_CLIPS,
                    help="real: clips to measure (bbb1080: bbb upscaled to 1920x1080)")
     p.add_argument("--kinds", nargs="+", default=["walker", "wire"], choices=["walker", "wire"],
@@ -613,6 +642,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.no_plate_sources:
         EXTRA["plate_sources"] = False
+    if args.parallel_windows is not None:
+        EXTRA["parallel_windows"] = args.parallel_windows
     if args.memory_child:
         return _memory_child(args.memory_child, args.model, args.threads)
     if args.real_child:

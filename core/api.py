@@ -39,7 +39,7 @@ from .filler import SOURCE_OFFSETS, ShotCaches, ShotFiller, rgb3, source_candida
 from .roi import ROI, mask_bbox, plan_roi, union_bbox
 from .settings import Settings
 from .shot import Shot, expand, plan_keyframes, scan
-from .temporal import chain
+from .temporal import chain, same_window
 
 __all__ = ["Settings", "FrameEvent", "Result", "eta_seconds", "ShotFiller", "propagate", "fill_frames",
            "source_candidates", "composite_alpha", "network_hole", "Shot", "expand", "scan", "plan_keyframes"]
@@ -263,12 +263,17 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
         # What every filling thread's filler shares: keyframes prepared once (the windows start
         # together and want the same keyframes: the second waits for the first's, which reads
         # the keyframe's file then), plate frames prepared and the flows between them.
-        shared = ShotCaches(settings, int(settings.parallel_windows))
+        # Threads that fill or look ahead (their fillers share the caches, their loaders the store).
+        windows_n = int(settings.parallel_windows)
+        lookahead = LOOKAHEAD if windows_n == 1 and settings.threads != 1 else 0
+        lanes = windows_n + lookahead
+        shared = ShotCaches(settings, lanes)
         # Decoded frames kept for every filling thread: 6 per thread at most, beyond 4 per
         # thread (the frames around its target, as each thread kept before) only within 320 MB
-        # (4K 8-bit: 25 MB a frame; 4K float RGBA: 133 MB).
-        windows_n = int(settings.parallel_windows)
-        store = _FrameStore(read, frame_io.reader, count=6 * windows_n, budget=320 << 20, floor=4 * windows_n)
+        # (4K 8-bit: 25 MB a frame; 4K float RGBA: 133 MB); a lookahead thread's target is a
+        # frame or two past the filling thread's: 3 more, 2 whatever their size.
+        store = _FrameStore(read, frame_io.reader, count=6 * windows_n + 3 * lookahead, budget=320 << 20,
+                            floor=4 * windows_n + 2 * lookahead)
 
         def new_filler(engine=engine):
             """A ShotFiller (None without an ROI) with its own frame loader: one per thread
@@ -291,11 +296,14 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
             mask = read_mask_roi(k)
             return mask is not None and bool((mask > 0).any())
 
-        def fill_one(filler, loader, k):
+        def fill_one(filler, loader, k, ahead=None):
             plan = plan_keyframes(k, key_frames, settings.max_keys) if key_frames else []
-            return filler.fill(*loader.source(k), plan, source_candidates(k, plate_with_masks), k)
+            pixels, mask = loader.source(k)
+            if ahead is not None:
+                ahead.help(filler, pixels, mask, k)
+            return filler.fill(pixels, mask, plan, source_candidates(k, plate_with_masks), k)
 
-        def fill_frame(filler, loader, frame):
+        def fill_frame(filler, loader, frame, ahead=None):
             """One frame that is not a keyframe: (status, plate Frame, filled ROI or None)."""
             plate, mask = loader.load(frame)
             if filler is None or not (mask > 0).any():
@@ -311,7 +319,7 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
             status = "filled" if plan or source_candidates(frame, plate_with_masks) else "inpainted"
             if status == "inpainted":
                 log.warning("frame %d: no keyframe and no other frame: filled from its own context", frame)
-            return status, plate, fill_one(filler, loader, frame)
+            return status, plate, fill_one(filler, loader, frame, ahead)
 
         # No more windows side by side than threads allowed (--threads 1: one core, one window).
         workers = min(int(settings.parallel_windows), int(settings.threads or settings.parallel_windows)) \
@@ -321,7 +329,7 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
         # windows on two cores and a pool of two, single frames of 176x144 shots stalled for
         # 0.2-0.4 s against 0.1 s (bench/pipeline_speed.py --only real). Same pixels either way.
         cv2_threads = cv2.getNumThreads()
-        cv2.setNumThreads(max(1, int(settings.threads or os.cpu_count() or 1) // workers))
+        cv2.setNumThreads(max(1, int(settings.threads or os.cpu_count() or 1) // (workers + lookahead)))
         if workers > 1:
             # Windows filled side by side (_WindowFills); the workers' fillers share the engine
             # behind a lock (engines need not be thread-safe). This thread reads keyframes' plates.
@@ -332,6 +340,14 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
         else:
             windows = None
             filler, loader = new_filler()
+        # One frame after another on more than one core: lookahead threads find the next
+        # frames' flows (their own fillers, the shared caches) while this thread fills.
+        ahead_flows = _FlowsAhead(new_filler, frames, keys_set, fill_target=lambda f: not (
+            resume and os.path.exists(expand(shot.out, f))), is_filled=is_filled,
+            plan=lambda k: plan_keyframes(k, key_frames, settings.max_keys) if key_frames else [],
+            candidates=lambda k: source_candidates(k, plate_with_masks),
+            depth=lookahead if windows is None and filler is not None else 0, limit=settings.max_sources)
+        ahead_flows.start()
 
         total, done = len(frames), 0
         clock = [started]   # when the last reported frame was complete
@@ -359,7 +375,9 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
                     job = (io.write_image, out_path, pixels, plate.format)
                 else:
                     # Sequentially here, or taken (in frame order) from the worker filling its window.
-                    status, plate, filled = (fill_frame(filler, loader, frame) if windows is None
+                    if windows is None:
+                        ahead_flows.submit(frame)
+                    status, plate, filled = (fill_frame(filler, loader, frame, ahead_flows) if windows is None
                                              else windows.result(frame))
                     job = ((io.write_frame, out_path, plate) if filled is None
                            else (io.write_frame, out_path, plate, filled, (box[0], box[2])))
@@ -369,6 +387,7 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
             for event in frame_io.drain():
                 done = _report(result, progress, event, done, total, clock)
         finally:
+            ahead_flows.close()
             if windows is not None:
                 windows.close()   # after a cancel or an error: the workers' current frames end first
             cv2.setNumThreads(cv2_threads)
@@ -703,6 +722,119 @@ class _WindowFills:
         for future in self._futures.values():
             future.cancel()   # frames not begun; a running one ends (whole) and is discarded
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+# Frames after the one being filled whose flows lookahead threads find, one thread each.
+LOOKAHEAD = 2
+
+
+class _FlowsAhead:
+    """Lookahead for the sequential path (one frame after another, on more than one core).
+
+    ``depth`` lookahead threads, each with its own ShotFiller over the shot's shared caches,
+    find the flows of the next ``depth`` frames to fill (ShotFiller.find_flows: the target
+    prepared, its flows to its keyframes, to the plate sources its search tries and to the
+    frame before) while the filling thread composes the current frame, whose fill then finds
+    its flows made. Frames are filled and written in order, so progress comes at an even
+    pace, and a window's first frame finds its flows to the frames before it made by their
+    fills (with windows side by side it made them all itself). The run's first frame has no
+    frame before it to overlap: its flows to its keyframes and first sources are found side
+    by side (:meth:`start`; a source its search then does not try is the only work done in
+    vain). The values are those the fill would make itself: the same pixels. An error here
+    is left for the frame's own fill to raise, in frame order."""
+
+    def __init__(self, new_filler, frames, keys, fill_target, is_filled, plan, candidates, depth: int,
+                 limit: int):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._frames = [f for f in frames if f not in keys]
+        self._index = {f: i for i, f in enumerate(self._frames)}
+        self._fill_target, self._is_filled, self._plan, self._candidates = fill_target, is_filled, plan, candidates
+        self._new_filler, self.depth, self._limit = new_filler, depth, limit   # limit: sources a frame takes
+        self._futures: Dict[object, object] = {}   # frame, or ("part", frame, source) -> Future
+        self._idle: List[tuple] = []
+        self._idle_lock = threading.Lock()
+        self._submitted = 0
+        self._pool = ThreadPoolExecutor(max_workers=depth, thread_name_prefix="keyprop-ahead",
+                                        initializer=flowlib.directions_in_turn) if depth else None
+
+    def _carried(self, k: int) -> bool:
+        return same_window(k - 1, k) and self._is_filled(k - 1)
+
+    def _parts(self, k: int) -> list:
+        """Frame ``k``'s flows most likely wanted: to its keyframes, its first sources."""
+        plan = self._plan(k)
+        return [("key", j) for j in plan] + list(self._candidates(k)[:max(0, self._limit - len(plan))])
+
+    def start(self) -> None:
+        """The first frame's likely flows, side by side on the lookahead threads."""
+        if self._pool is None or not self._frames or not self._fill_target(self._frames[0]):
+            return
+        k = self._frames[0]
+        for part in self._parts(k):
+            self._futures[("part", k, part)] = self._pool.submit(self._find_part, k, part)
+
+    def submit(self, frame: int) -> None:
+        """Queue the ``depth`` frames to fill after ``frame`` for the lookahead threads."""
+        if self._pool is None or frame not in self._index:
+            return
+        upto = min(len(self._frames), self._index[frame] + 1 + self.depth)
+        self._submitted = max(self._submitted, self._index[frame] + 1)
+        while self._submitted < upto:
+            k = self._frames[self._submitted]
+            self._submitted += 1
+            if self._fill_target(k):
+                self._futures[k] = self._pool.submit(self._find, k)
+
+    def help(self, filler, pixels, mask, frame: int) -> None:
+        """On the filling thread, before ``frame``'s fill: the first frame's likely flows
+        not begun (last first, meeting the lookahead threads), then wait for the lookahead
+        of ``frame``."""
+        if self._pool is None:
+            return
+        parts = [key for key in self._futures if isinstance(key, tuple) and key[1] == frame]
+        if parts and mask is not None and (mask > 0).any():
+            for _, _, part in reversed(parts):
+                try:
+                    filler.find_pair(frame, pixels, mask, part)
+                except Exception:  # noqa: BLE001 - a source the search does not try must not fail the frame
+                    log.debug("lookahead of frame %d (%s) failed", frame, part, exc_info=True)
+        for key in parts + [frame]:
+            future = self._futures.pop(key, None)
+            if future is not None:
+                future.exception()   # the frame's own fill raises the error, in frame order
+
+    def _take(self):
+        with self._idle_lock:
+            taken = self._idle.pop() if self._idle else None
+        return taken if taken is not None else self._new_filler()
+
+    def _give(self, taken) -> None:
+        with self._idle_lock:
+            self._idle.append(taken)
+
+    def _find(self, k: int, part=None) -> None:
+        taken = self._take()
+        filler, loader = taken
+        try:
+            pixels, mask = loader.source(k)
+            if mask is None or not (mask > 0).any():
+                return
+            if part is not None:
+                filler.find_pair(k, pixels, mask, part)
+            else:
+                filler.find_flows(pixels, mask, self._plan(k), self._candidates(k), k, carried=self._carried(k))
+        except Exception:  # noqa: BLE001 - the fill of ``k`` meets it again and reports it
+            log.debug("lookahead of frame %d failed", k, exc_info=True)
+        finally:
+            self._give(taken)
+
+    def _find_part(self, k: int, part) -> None:
+        self._find(k, part)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 # --- in memory ------------------------------------------------------------------------------

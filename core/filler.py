@@ -136,6 +136,49 @@ class SharedLRU:
         return future.result()
 
 
+class FlowsByTarget:
+    """Flows (target -> source: flow and error) of the targets being filled, each made once:
+    a target's flow to the frame before it serves both the source search and the carried
+    fill, and a lookahead thread (core.api) finds a target's flows before its fill. A target's
+    flows are dropped when its fill ends (a flow is directional: no other target asks for
+    them), so memory holds the frames in work only."""
+
+    def __init__(self):
+        self._targets: Dict[object, Dict[object, Future]] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(len(v) for v in self._targets.values())
+
+    def get_or(self, target, source, make: Callable[[], object]):
+        with self._lock:
+            flows = self._targets.setdefault(target, {})
+            future = flows.get(source)
+            mine = future is None
+            if mine:
+                future = flows[source] = Future()
+        if mine:
+            try:
+                future.set_result(make())
+            except BaseException as exc:
+                with self._lock:
+                    if self._targets.get(target, {}).get(source) is future:
+                        del self._targets[target][source]
+                future.set_exception(exc)
+                raise
+        return future.result()
+
+    def has(self, target, source) -> bool:
+        """Whether the flow is made or being made."""
+        with self._lock:
+            return source in self._targets.get(target, {})
+
+    def discard(self, target) -> None:
+        with self._lock:
+            self._targets.pop(target, None)
+
+
 class ShotCaches:
     """What the fillers of one shot's threads share, each value made once for all of them:
     keyframes prepared (crop converted and resized, FlowFrame, its ORB features once found),
@@ -150,6 +193,7 @@ class ShotCaches:
         # DIS flows both ways between two plate frames, completed in the holes: frame t's
         # pair with t+1 serves t+1's with t.
         self.pairs = SharedLRU(n * 2 * settings.max_sources)
+        self.flows = FlowsByTarget()   # target tag -> source key -> (flow, error), while in work
 
 
 class ShotFiller:
@@ -175,6 +219,7 @@ class ShotFiller:
         self._plate = shared.plates                            # frame -> (work RGB with hole zeroed, hole, FlowFrame)
         self._encoded = LRU(max(4, settings.max_sources + 2))  # frame -> engine handle
         self._dis = shared.pairs                               # (tag, tag) -> raw DIS pair, completed
+        self._flows = shared.flows                             # target tag -> source key -> (flow, error)
         self.last_labels: Optional[np.ndarray] = None          # the last fill's source labels (working size)
         self._previous: Optional[tuple] = None                 # (frame, its fill composed at working size)
 
@@ -232,8 +277,48 @@ class ShotFiller:
     def _plate_handle(self, frame: int):
         return self._encoded.get_or(frame, lambda: self.engine.encode_keyframe(self._net_input(*self.plate_frame(frame)[:2])))
 
-    def _flow(self, target: flowlib.FlowFrame, source: flowlib.FlowFrame):
-        return flowlib.flow_between(target, source, self.settings.prealign, self._dis)
+    def _flow(self, target: flowlib.FlowFrame, source: flowlib.FlowFrame, source_key=None):
+        """flow_between target -> source, made once while the target is in work (tagged
+        target; ``source_key``, default the source's tag, names the source)."""
+        source_key = source.tag if source_key is None else source_key
+        compute = lambda: flowlib.flow_between(target, source, self.settings.prealign, self._dis)  # noqa: E731
+        if target.tag is None or source_key is None:
+            return compute()
+        return self._flows.get_or(target.tag, source_key, compute)
+
+    def find_flows(self, pixels: np.ndarray, mask: np.ndarray, key_frames: Sequence[int],
+                   source_candidates: Sequence[int], frame: int, carried: bool) -> None:
+        """What :meth:`fill` of ``frame`` will ask of the flows, found ahead (a lookahead
+        thread, core.api, while the frame before is filled): the target prepared, its flows
+        to its keyframes and to the plate sources the search tries, and (``carried``: the
+        frame before is filled in the same window) to the frame before. The values are those
+        the fill would make itself (the same calls, kept in the shared caches until the
+        fill of ``frame`` ends), so the pixels do not change."""
+        s = self.settings
+        _, hole, target_flow = self.plate_frame(frame, lambda: (pixels, mask))
+        for k in key_frames:
+            self._flow(target_flow, self.keyframe(k)[2], ("key", k))
+        if (s.plate_sources or len(key_frames) < 2) and source_candidates and self.source_loader is not None:
+            self.choose_sources(target_flow, hole, source_candidates, s.max_sources - len(key_frames))
+        if carried and s.temporal and s.warp_blend and self.source_loader is not None:
+            self._flow(target_flow, self.plate_frame(frame - 1)[2])
+
+    def find_pair(self, frame: int, pixels: np.ndarray, mask: np.ndarray, source) -> None:
+        """One of :meth:`find_flows`' parts, for threads that share a frame's search: the
+        target prepared and its flow to keyframe ``("key", k)`` or plate frame ``source``
+        (the fill then finds it made)."""
+        _, _, target_flow = self.plate_frame(frame, lambda: (pixels, mask))
+        key = source if isinstance(source, tuple) else ("plate", source)
+        if self._flows.has(target_flow.tag, key):
+            return   # made, or under way on another thread: nothing to wait for here
+        if isinstance(source, tuple):
+            self._flow(target_flow, self.keyframe(source[1])[2], key)
+        else:
+            self._flow(target_flow, self.plate_frame(source)[2], key)
+
+    def done_with(self, frame: int) -> None:
+        """Drop the flows found for target ``frame`` (its fill has ended)."""
+        self._flows.discard(("plate", frame))
 
     def choose_sources(self, target: flowlib.FlowFrame, hole, candidates: Sequence[int], limit: int):
         """Plate frames that show the target's hole once aligned, nearest first then spread out.
@@ -275,6 +360,13 @@ class ShotFiller:
         up to ``max_sources`` in all; with none, the frame itself (single-image inpainting).
         Returns a new array; pixels with zero composite weight are copied unchanged.
         """
+        try:
+            return self._fill(pixels, mask, key_frames, source_candidates, frame)
+        finally:
+            if frame is not None:
+                self.done_with(frame)
+
+    def _fill(self, pixels, mask, key_frames, source_candidates, frame):
         roi, s = self.roi, self.settings
         if frame is not None and self.source_loader is not None:
             target, hole, target_flow = self.plate_frame(frame, lambda: (pixels, mask))
@@ -286,7 +378,7 @@ class ShotFiller:
         here = frame if frame is not None else 0
         for k in key_frames:
             key_work, key_plate, key_flow = self.keyframe(k)
-            f, e = self._flow(target_flow, key_flow)
+            f, e = self._flow(target_flow, key_flow, ("key", k))
             detail_key = (len(sources), key_plate, f, e) if detail_key is None else detail_key
             sources.append((lambda k=k: self._key_handle(k), f, e, flowlib.warp(key_work, f), e,
                             abs(k - here) if frame is not None else 0, k))

@@ -493,6 +493,14 @@ def _plain_pair(target: FlowFrame, key: FlowFrame, cache):
 
     if cache is None or target.tag is None or key.tag is None:
         return compute()
+    if hasattr(cache, "get_or"):
+        # Made once whichever frame is the target (threads that ask for a pair either way
+        # at once wait for one computation, core.filler.SharedLRU): kept one way round, the
+        # lower tag's (by repr) first.
+        if repr(target.tag) <= repr(key.tag):
+            return cache.get_or((target.tag, key.tag), compute)
+        backward, forward = cache.get_or((key.tag, target.tag), lambda: _plain_pair(key, target, None))
+        return forward, backward
     # get() and setting only (a cache that threads share may drop an entry between two calls)
     swapped = cache.get((key.tag, target.tag))
     if swapped is not None:

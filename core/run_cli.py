@@ -61,8 +61,8 @@ def _add_common(p) -> None:
     p.add_argument("--work-res", type=int, dest="work_res", help="network resolution, ROI long side (default 640)")
     p.add_argument("--threads", type=int, help="CPU threads (default: all)")
     p.add_argument("--parallel-windows", type=int, dest="parallel_windows", metavar="N",
-                   help="temporal windows (8 frames) filled side by side, the same pixels (default 2; 1: one "
-                        "frame after another)")
+                   help="temporal windows (8 frames) filled side by side, the same pixels (default 1: one "
+                        "frame after another, the next frames' flows found ahead on other threads)")
     p.add_argument("--linear", choices=["auto", "yes", "no"], help="plate is scene-linear (default: EXR/float yes)")
     p.add_argument("--progress", choices=["bar", "json", "none"], help="default: bar on a terminal, else none")
     mode = p.add_mutually_exclusive_group()

@@ -32,7 +32,7 @@ class Settings:
     temporal: bool = True            # carry each frame's fill to the next frame of its window (core.temporal)
     refine: bool = True              # with a fused_base model: the network corrects every fused fill
     threads: Optional[int] = None    # CPU threads for the engine (None = all)
-    parallel_windows: int = 2        # temporal windows filled side by side (same pixels; at most threads); 1 = one frame after another
+    parallel_windows: int = 1        # temporal windows filled side by side (same pixels; at most threads); 1 = one frame after another (lookahead threads find the next frames' flows)
 
     @classmethod
     def from_mapping(cls, data: dict, where: str = "settings") -> "Settings":

@@ -1,0 +1,117 @@
+"""One frame after another on more than one core (core.api._FlowsAhead): lookahead threads
+find the next frames' flows while the filling thread composes the current frame; the bytes
+are those of one thread doing everything (--threads 1), and what they keep is dropped."""
+import threading
+
+import pytest
+
+from keyprop.core import filler as filler_mod
+from keyprop.core import flow as flowlib
+from keyprop.core.api import Settings, propagate
+from keyprop.core.runtime import create_engine
+
+from test_parallel_windows import FIRST, MODEL, N, into, outputs, write_long_shot
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return create_engine("torch", model=MODEL, threads=2)
+
+
+def flows_by_thread(monkeypatch) -> dict:
+    """thread name prefix -> flow_between calls, from now on."""
+    counts, lock, real = {}, threading.Lock(), flowlib.flow_between
+
+    def counting(*args, **kwargs):
+        name = threading.current_thread().name.rsplit("_", 1)[0]
+        with lock:
+            counts[name] = counts.get(name, 0) + 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(flowlib, "flow_between", counting)
+    return counts
+
+
+def shared_caches(monkeypatch) -> list:
+    """The ShotCaches each run makes, from now on."""
+    made, real = [], filler_mod.ShotCaches.__init__
+
+    def keeping(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(filler_mod.ShotCaches, "__init__", keeping)
+    return made
+
+
+@pytest.mark.parametrize("keys", [(), (FIRST, 110, FIRST + N - 1)], ids=["keyless", "keyed"])
+def test_lookahead_gives_the_bytes_of_one_thread(tmp_path, engine, keys, monkeypatch):
+    shot = write_long_shot(tmp_path, keys)
+    propagate(into(shot, tmp_path / "one"), Settings(model=MODEL, threads=1), engine=engine)
+    counts = flows_by_thread(monkeypatch)
+    caches = shared_caches(monkeypatch)
+    events = []
+    propagate(into(shot, tmp_path / "ahead"), Settings(model=MODEL, threads=2, parallel_windows=1), engine=engine,
+              progress=events.append)
+    assert outputs(tmp_path / "one") == outputs(tmp_path / "ahead")
+    assert [e.frame for e in events] == list(range(FIRST, FIRST + N))
+    # The lookahead threads found most flows; the filling thread found them made.
+    assert counts.get("keyprop-ahead", 0) > 2 * counts.get("MainThread", 0), counts
+    # Every target's flows were dropped when its fill ended.
+    assert len(caches) == 1 and len(caches[0].flows) == 0
+
+
+def test_a_chunk_inside_a_window_and_a_failed_lookahead_change_nothing(tmp_path, engine, monkeypatch):
+    """A chunk starting inside a window fills its chain first, as without lookahead; a
+    lookahead that fails (on any thread) leaves the frame's fill to find its flows itself,
+    and to raise the error if it meets it."""
+    shot = write_long_shot(tmp_path)
+    propagate(into(shot, tmp_path / "full"), Settings(model=MODEL, threads=1), engine=engine)
+    full = outputs(tmp_path / "full")
+    propagate(into(shot, tmp_path / "chunk", 106, 117), Settings(model=MODEL, threads=2, parallel_windows=1),
+              engine=engine)
+    chunk = outputs(tmp_path / "chunk")
+    assert sorted(chunk) == [f"f.{f:04d}.png" for f in range(106, 118)]
+    assert all(chunk[name] == full[name] for name in chunk)
+
+    def failing(self, *args, **kwargs):
+        raise RuntimeError("lookahead failed")
+
+    monkeypatch.setattr(filler_mod.ShotFiller, "find_flows", failing)
+    monkeypatch.setattr(filler_mod.ShotFiller, "find_pair", failing)
+    propagate(into(shot, tmp_path / "out"), Settings(model=MODEL, threads=2, parallel_windows=1), engine=engine)
+    assert outputs(tmp_path / "out") == full
+
+
+def test_a_pair_asked_both_ways_at_once_is_flowed_once():
+    """Two threads asking for one pair of plate frames, each as the target, share one DIS
+    computation (SharedLRU.get_or, kept one way round), and each gets its own direction."""
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    a = rng.random((64, 96, 3)).astype(np.float32)
+    b = np.roll(a, 3, axis=1)
+    fa, fb = flowlib.FlowFrame(a, None, 96, ("plate", 1)), flowlib.FlowFrame(b, None, 96, ("plate", 2))
+    cache = filler_mod.SharedLRU(8)
+    calls, lock, real = [], threading.Lock(), flowlib._dis
+
+    def counting(*args):
+        with lock:
+            calls.append(1)
+        return real(*args)
+
+    flowlib._dis, got = counting, {}
+    try:
+        threads = [threading.Thread(target=lambda t=t, k=k: got.__setitem__(t.tag, flowlib._plain_pair(t, k, cache)))
+                   for t, k in ((fa, fb), (fb, fa))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        flowlib._dis = real
+    assert len(calls) == 2 and len(cache) == 1
+    fwd, bwd = got[("plate", 1)]
+    assert got[("plate", 2)][0] is bwd and got[("plate", 2)][1] is fwd
+    plain = flowlib._plain_pair(fa, fb, None)
+    assert all(np.array_equal(x, y) for x, y in zip(plain, got[("plate", 1)]))
