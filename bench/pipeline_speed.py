@@ -300,8 +300,8 @@ class _Timers:
 
     Compute parts are timed on the threads that fill frames (the main thread, or each window
     worker of ``parallel_windows``; flow's helper thread works while they wait inside a timed
-    call) and on the lookahead threads that find the next frames' flows for them (their busy
-    time is ``ahead``: ShotFiller.find_flows and find_pair calls), and a call is charged to the outermost timed part it runs in on its thread (a flow
+    call) and on the lookahead threads that find the next frames' flows for them (``ahead``:
+    the seconds of ShotFiller.find_flows and find_pair calls outside a fill), and a call is charged to the outermost timed part it runs in on its thread (a flow
     computed while choosing sources is search time), so the parts never overlap. File I/O is
     timed on every thread (reads ahead and writes behind run on background threads), the
     outermost I/O call per thread.
@@ -346,13 +346,14 @@ class _Timers:
         return thread is self.main or thread.name.startswith(("keyprop-window", "keyprop-ahead"))
 
     def per_ahead(self, fn):
-        """A lookahead call (ShotFiller.find_flows / find_pair on a lookahead thread): its
-        seconds count as filling time (the shares' denominator)."""
+        """A lookahead call (ShotFiller.find_flows / find_pair, outside a fill: on a lookahead
+        thread, or the filling thread's help with the first frame): its seconds count as
+        filling time (the shares' denominator)."""
         timers = self
 
         @functools.wraps(fn)
         def timed(*args, **kwargs):
-            if not threading.current_thread().name.startswith("keyprop-ahead"):
+            if getattr(timers._state, "fill", None) is not None or not timers.fills_frames():
                 return fn(*args, **kwargs)
             t0 = time.perf_counter()
             try:

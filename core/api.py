@@ -324,10 +324,11 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
         # No more windows side by side than threads allowed (--threads 1: one core, one window).
         workers = min(int(settings.parallel_windows), int(settings.threads or settings.parallel_windows)) \
             if roi is not None else 1
-        # OpenCV's own threads: the cores left to each filling thread. Its pool serves one
-        # caller at a time (another caller runs alone) and its idle workers spin: with two
-        # windows on two cores and a pool of two, single frames of 176x144 shots stalled for
-        # 0.2-0.4 s against 0.1 s (bench/pipeline_speed.py --only real). Same pixels either way.
+        # OpenCV's own threads: the cores left to each computing thread (window workers, or
+        # the filling thread and its lookahead threads). Its pool serves one caller at a time
+        # (another caller runs alone) and its idle workers spin: with two windows on two cores
+        # and a pool of two, single frames of 176x144 shots stalled for 0.2-0.4 s against 0.1 s
+        # (bench/pipeline_speed.py --only real). Same pixels either way.
         cv2_threads = cv2.getNumThreads()
         cv2.setNumThreads(max(1, int(settings.threads or os.cpu_count() or 1) // (workers + lookahead)))
         if workers > 1:

@@ -327,8 +327,13 @@ def test_opencv_threads_per_filling_thread_and_restored(engine, tmp_path, monkey
         run(into(shot, tmp_path / "two"), engine, 2, settings={"threads": 2})
         assert seen == {1} and cv2.getNumThreads() == 3
         seen.clear()
-        run(into(shot, tmp_path / "one"), engine, 1, settings={"threads": 2})
+        # One frame after another: the filling thread and its two lookahead threads (core.api
+        # LOOKAHEAD) share the cores too.
+        run(into(shot, tmp_path / "one"), engine, 1, settings={"threads": 6})
         assert seen == {2} and cv2.getNumThreads() == 3
+        seen.clear()
+        run(into(shot, tmp_path / "single"), engine, 1, settings={"threads": 1})
+        assert seen == {1} and cv2.getNumThreads() == 3
     finally:
         cv2.setNumThreads(before)
 
