@@ -266,8 +266,7 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
         # Threads that fill or look ahead (their fillers share the caches, their loaders the store).
         windows_n = int(settings.parallel_windows)
         lookahead = LOOKAHEAD if windows_n == 1 and settings.threads != 1 else 0
-        lanes = windows_n + lookahead
-        shared = ShotCaches(settings, lanes)
+        shared = ShotCaches(settings, windows_n, lookahead)
         # Decoded frames kept for every filling thread: 6 per thread at most, beyond 4 per
         # thread (the frames around its target, as each thread kept before) only within 320 MB
         # (4K 8-bit: 25 MB a frame; 4K float RGBA: 133 MB); a lookahead thread's target is a

@@ -184,15 +184,19 @@ class ShotCaches:
     keyframes prepared (crop converted and resized, FlowFrame, its ORB features once found),
     plate frames prepared as sources and targets, and the raw DIS flows between two plate
     frames (both directions; where two windows meet, the pair at their border is flowed once,
-    not by each). ``fillers``: how many fillers use them (the sizes grow with it)."""
+    not by each). ``fillers``: how many fillers fill frames apart (windows side by side);
+    ``ahead``: how many lookahead threads find flows for the frames after a filler's (they
+    work among its frames: they add their frames in work, not another span of sources). The
+    sizes grow with them; they do not grow with the shot's length."""
 
-    def __init__(self, settings: Settings, fillers: int = 1):
-        n = max(1, int(fillers))
+    def __init__(self, settings: Settings, fillers: int = 1, ahead: int = 0):
+        n, ahead = max(1, int(fillers)), max(0, int(ahead))
         self.keys = SharedLRU(2 * settings.max_keys + 2)
-        self.plates = SharedLRU(n * (2 * len(SOURCE_OFFSETS) + 2))  # frame -> (work RGB, hole zeroed; hole; FlowFrame)
+        # frame -> (work RGB, hole zeroed; hole; FlowFrame)
+        self.plates = SharedLRU(n * (2 * len(SOURCE_OFFSETS) + 2) + ahead)
         # DIS flows both ways between two plate frames, completed in the holes: frame t's
         # pair with t+1 serves t+1's with t.
-        self.pairs = SharedLRU(n * 2 * settings.max_sources)
+        self.pairs = SharedLRU((n + ahead) * 2 * settings.max_sources)
         self.flows = FlowsByTarget()   # target tag -> source key -> (flow, error), while in work
 
 
