@@ -265,7 +265,7 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
         # the keyframe's file then), plate frames prepared and the flows between them.
         # Threads that fill or look ahead (their fillers share the caches, their loaders the store).
         windows_n = int(settings.parallel_windows)
-        lookahead = LOOKAHEAD if windows_n == 1 and settings.threads != 1 else 0
+        lookahead = LOOKAHEAD if windows_n == 1 and int(settings.threads or os.cpu_count() or 1) > 1 else 0
         shared = ShotCaches(settings, windows_n, lookahead)
         # Decoded frames kept for every filling thread: 6 per thread at most, beyond 4 per
         # thread (the frames around its target, as each thread kept before) only within 320 MB
@@ -772,7 +772,7 @@ class _FlowsAhead:
             return
         k = self._frames[0]
         for part in self._parts(k):
-            self._futures[("part", k, part)] = self._pool.submit(self._find_part, k, part)
+            self._futures[("part", k, part)] = self._pool.submit(self._find, k, part)
 
     def submit(self, frame: int) -> None:
         """Queue the ``depth`` frames to fill after ``frame`` for the lookahead threads."""
@@ -814,6 +814,7 @@ class _FlowsAhead:
             self._idle.append(taken)
 
     def _find(self, k: int, part=None) -> None:
+        """A lookahead thread: frame ``k``'s flows (find_flows), or one of them (``part``)."""
         taken = self._take()
         filler, loader = taken
         try:
@@ -828,9 +829,6 @@ class _FlowsAhead:
             log.debug("lookahead of frame %d failed", k, exc_info=True)
         finally:
             self._give(taken)
-
-    def _find_part(self, k: int, part) -> None:
-        self._find(k, part)
 
     def close(self) -> None:
         if self._pool is not None:
