@@ -298,14 +298,22 @@ class ShotFiller:
         frame before is filled in the same window) to the frame before. The values are those
         the fill would make itself (the same calls, kept in the shared caches until the
         fill of ``frame`` ends), so the pixels do not change."""
-        s = self.settings
         _, hole, target_flow = self.plate_frame(frame, lambda: (pixels, mask))
         for k in key_frames:
             self._flow(target_flow, self.keyframe(k)[2], ("key", k))
-        if (s.plate_sources or len(key_frames) < 2) and source_candidates and self.source_loader is not None:
-            self.choose_sources(target_flow, hole, source_candidates, s.max_sources - len(key_frames))
-        if carried and s.temporal and s.warp_blend and self.source_loader is not None:
+        if self._searches_plate(key_frames, source_candidates):
+            self.choose_sources(target_flow, hole, source_candidates, self.settings.max_sources - len(key_frames))
+        if carried and self._carries():
             self._flow(target_flow, self.plate_frame(frame - 1)[2])
+
+    def _searches_plate(self, key_frames, source_candidates) -> bool:
+        """Whether a fill with these keyframes looks for plate frames among the candidates."""
+        s = self.settings
+        return (s.plate_sources or len(key_frames) < 2) and bool(source_candidates) and self.source_loader is not None
+
+    def _carries(self) -> bool:
+        """Whether a fill takes the frame before's fill as a source (core.temporal)."""
+        return self.settings.temporal and self.settings.warp_blend and self.source_loader is not None
 
     def find_pair(self, frame: int, pixels: np.ndarray, mask: np.ndarray, source) -> None:
         """One of :meth:`find_flows`' parts, for threads that share a frame's search: the
@@ -386,8 +394,7 @@ class ShotFiller:
             detail_key = (len(sources), key_plate, f, e) if detail_key is None else detail_key
             sources.append((lambda k=k: self._key_handle(k), f, e, flowlib.warp(key_work, f), e,
                             abs(k - here) if frame is not None else 0, k))
-        use_plate = s.plate_sources or len(key_frames) < 2
-        if use_plate and source_candidates and self.source_loader is not None:
+        if self._searches_plate(key_frames, source_candidates):
             for cand, f, e in self.choose_sources(target_flow, hole, source_candidates,
                                                   s.max_sources - len(key_frames)):
                 src, src_hole, _ = self.plate_frame(cand)
@@ -398,7 +405,7 @@ class ShotFiller:
                                      flowlib.OUT_OF_FRAME_ERROR, e)
                 sources.append((lambda c=cand: self._plate_handle(c), f, e, flowlib.warp(src, f), blend_err,
                                 abs(cand - here) if frame is not None else 0, cand))
-        carried = self._carried(frame, target_flow) if s.temporal and s.warp_blend else None
+        carried = self._carried(frame, target_flow) if self._carries() else None
         warps = []
         if s.warp_blend and sources:
             warps = [Warped(match_colour(w, target, hole, be) if s.colour_match else w, be, dist, src_frame)
@@ -470,7 +477,7 @@ class ShotFiller:
     def _carried(self, frame, target_flow) -> Optional[Warped]:
         """The previous frame's fill as a source of ``frame`` (core.temporal): when it was
         ``frame - 1``, in the same window; warped along the flow to that frame's plate."""
-        if frame is None or self._previous is None or self.source_loader is None:
+        if frame is None or self._previous is None:
             return None
         prev, composed = self._previous
         if prev != frame - 1 or not same_window(prev, frame):

@@ -483,33 +483,22 @@ class FlowFrame:
 def _plain_pair(target: FlowFrame, key: FlowFrame, cache):
     """DIS target->key and key->target, each completed in the holes, at working size.
 
-    Shared through ``cache`` (``get`` and item setting, keyed by tag pairs): the reverse pair of frames
-    reuses them swapped. The completions depend only on the two frames' holes, and each
-    direction's valid region is the same whichever frame is the target, so the swap is
-    exactly what computing the reverse pair would give."""
+    Shared through ``cache`` (``get_or(key, make)``, keyed by tag pairs: core.filler's LRU or,
+    between threads, SharedLRU): a pair is made once whichever of its frames is the target,
+    kept one way round (the lower tag by repr first), and the reverse pair of frames reuses it
+    swapped. The completions depend only on the two frames' holes, and each direction's valid
+    region is the same whichever frame is the target, so the swap is exactly what computing
+    the reverse pair would give."""
     def compute():
         raw = _both(lambda: _dis(target.luma, key.luma), lambda: _dis(key.luma, target.luma))
         return _completed_w(*raw, target.hole, key.hole)
 
     if cache is None or target.tag is None or key.tag is None:
         return compute()
-    if hasattr(cache, "get_or"):
-        # Made once whichever frame is the target (threads that ask for a pair either way
-        # at once wait for one computation, core.filler.SharedLRU): kept one way round, the
-        # lower tag's (by repr) first.
-        if repr(target.tag) <= repr(key.tag):
-            return cache.get_or((target.tag, key.tag), compute)
-        backward, forward = cache.get_or((key.tag, target.tag), lambda: _plain_pair(key, target, None))
-        return forward, backward
-    # get() and setting only (a cache that threads share may drop an entry between two calls)
-    swapped = cache.get((key.tag, target.tag))
-    if swapped is not None:
-        backward, forward = swapped
-        return forward, backward
-    pair = cache.get((target.tag, key.tag))
-    if pair is None:
-        pair = cache[(target.tag, key.tag)] = compute()
-    return pair
+    if repr(target.tag) <= repr(key.tag):
+        return cache.get_or((target.tag, key.tag), compute)
+    backward, forward = cache.get_or((key.tag, target.tag), lambda: _plain_pair(key, target, None))
+    return forward, backward
 
 
 def flow(target: np.ndarray, key: np.ndarray,

@@ -165,6 +165,8 @@ def test_prealign_follows_a_large_zoom_and_roll():
 
 def test_prepared_frames_and_the_dis_cache_give_the_plain_flow():
     """flow_between on prepared frames is flow(); the reverse pair reuses the cached DIS exactly."""
+    from keyprop.core.filler import LRU
+
     target, key = _shifted_pair(4, 2, seed=3)
     mask_t = np.zeros((H, W), np.float32)
     mask_t[60:120, 80:140] = 1
@@ -172,7 +174,7 @@ def test_prepared_frames_and_the_dis_cache_give_the_plain_flow():
     mask_k[100:150, 200:240] = 1
     a = F.FlowFrame(target, mask_t, 256, tag="a")
     b = F.FlowFrame(key, mask_k, 256, tag="b")
-    cache = {}
+    cache = LRU(4)
     for first, second, tm, km, t_img, k_img in ((a, b, mask_t, mask_k, target, key),
                                                 (b, a, mask_k, mask_t, key, target)):
         got = F.flow_between(first, second, prealign=True, dis_cache=cache)
