@@ -103,15 +103,13 @@ def run(paths: dict, model: str, threads: int, frames: str, full_frame: bool = F
     spf = (time.perf_counter() - t0) / (last - first + 1)
     if full_frame:
         from keyprop.core import io
+        from keyprop.core.shot import expand
 
-        roi, (h, w) = result.roi, io.image_size(expand_first(paths["plate"], first))
-        if (roi.y0, roi.x0, roi.y1, roi.x1, roi.work_h, roi.work_w) != (0, 0, h, w, h, w):
+        roi, (h, w) = result.roi, io.image_size(expand(paths["plate"], first))
+        # The whole plate, not downscaled (the working size may round up to the stride).
+        if (roi.y0, roi.x0, roi.y1, roi.x1) != (0, 0, h, w) or roi.scale < 1.0:
             raise SystemExit(f"the full-frame run worked on {roi}, not the whole {w}x{h} plate")
     return spf
-
-
-def expand_first(pattern: str, frame: int) -> str:
-    return pattern.replace("####", str(frame))
 
 
 MODES = {"warps": {}, "network": {"warp_blend": False}}
