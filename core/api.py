@@ -611,6 +611,26 @@ class _LockedEngine:
         return getattr(self._engine, name)
 
 
+class _Fillers:
+    """(ShotFiller, loader) pairs handed between threads: one that a thread gave back, else a
+    new one (``new_filler()``); at most one per thread at a time."""
+
+    def __init__(self, new_filler):
+        self._new_filler = new_filler
+        self._idle: List[tuple] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> tuple:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return self._new_filler()
+
+    def give(self, taken: tuple) -> None:
+        with self._lock:
+            self._idle.append(taken)
+
+
 class _WindowFills:
     """Temporal windows (core.temporal) filled ``workers`` at a time, each by its own
     ShotFiller on a worker thread; results taken in frame order.
@@ -632,9 +652,8 @@ class _WindowFills:
         from concurrent.futures import ThreadPoolExecutor
 
         self.workers = workers
-        self._new_filler, self._fill_frame = new_filler, fill_frame
-        self._idle: List[tuple] = []           # (filler, loader) of a finished window, for the next
-        self._idle_lock = threading.Lock()
+        self._fill_frame = fill_frame
+        self._fillers = _Fillers(new_filler)   # (filler, loader) of a finished window, for the next
         # The workers compute a flow's two directions in turn (core.flow.directions_in_turn)
         # instead of handing one to flow's single helper thread (the windows already keep the
         # cores busy; the two workers queueing on the helper cost 10-20 % per frame, measured on
@@ -689,10 +708,7 @@ class _WindowFills:
     def _run(self, window: List[tuple]) -> None:
         """A worker: fill one window's frames in order (the chain first, where needed)."""
         try:
-            with self._idle_lock:
-                filler, loader = self._idle.pop() if self._idle else (None, None)
-            if loader is None:
-                filler, loader = self._new_filler()
+            filler, loader = self._fillers.take()
         except BaseException as exc:  # noqa: BLE001 - raised where the caller takes the window's first frame
             for _, future in window:
                 if future.set_running_or_notify_cancel():
@@ -714,8 +730,7 @@ class _WindowFills:
                     failed = True
         finally:
             loader.forget_ahead()
-            with self._idle_lock:
-                self._idle.append((filler, loader))
+            self._fillers.give((filler, loader))
 
     def close(self) -> None:
         self._stop.set()
@@ -750,10 +765,9 @@ class _FlowsAhead:
         self._frames = [f for f in frames if f not in keys]
         self._index = {f: i for i, f in enumerate(self._frames)}
         self._fill_target, self._is_filled, self._plan, self._candidates = fill_target, is_filled, plan, candidates
-        self._new_filler, self.depth, self._limit = new_filler, depth, limit   # limit: sources a frame takes
+        self.depth, self._limit = depth, limit   # limit: sources a frame takes
         self._futures: Dict[object, object] = {}   # frame, or ("part", frame, source) -> Future
-        self._idle: List[tuple] = []
-        self._idle_lock = threading.Lock()
+        self._fillers = _Fillers(new_filler)        # (filler, loader) of each lookahead thread
         self._submitted = 0
         self._pool = ThreadPoolExecutor(max_workers=depth, thread_name_prefix="keyprop-ahead",
                                         initializer=flowlib.directions_in_turn) if depth else None
@@ -804,18 +818,9 @@ class _FlowsAhead:
             if future is not None:
                 future.exception()   # the frame's own fill raises the error, in frame order
 
-    def _take(self):
-        with self._idle_lock:
-            taken = self._idle.pop() if self._idle else None
-        return taken if taken is not None else self._new_filler()
-
-    def _give(self, taken) -> None:
-        with self._idle_lock:
-            self._idle.append(taken)
-
     def _find(self, k: int, part=None) -> None:
         """A lookahead thread: frame ``k``'s flows (find_flows), or one of them (``part``)."""
-        taken = self._take()
+        taken = self._fillers.take()
         filler, loader = taken
         try:
             pixels, mask = loader.source(k)
@@ -828,7 +833,7 @@ class _FlowsAhead:
         except Exception:  # noqa: BLE001 - the fill of ``k`` meets it again and reports it
             log.debug("lookahead of frame %d failed", k, exc_info=True)
         finally:
-            self._give(taken)
+            self._fillers.give(taken)
 
     def close(self) -> None:
         if self._pool is not None:
