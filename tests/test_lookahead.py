@@ -115,3 +115,32 @@ def test_a_pair_asked_both_ways_at_once_is_flowed_once():
     assert got[("plate", 2)][0] is bwd and got[("plate", 2)][1] is fwd
     plain = flowlib._plain_pair(fa, fb, None)
     assert all(np.array_equal(x, y) for x, y in zip(plain, got[("plate", 1)]))
+
+
+def test_filled_frames_are_let_go_first_in_the_order_they_were_filled():
+    """_FrameStore.release: a filled frame goes before any frame not filled yet, even one read
+    as a source only (which goes first otherwise), and filled frames go in fill order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from keyprop.core.api import _FrameStore
+
+    class Plate:
+        class raw:
+            nbytes = 1
+
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        store = _FrameStore(lambda k: (Plate(), None), reader, count=3, budget=100)
+        for k in (1, 2):
+            store.load(k)
+        store.release(1)
+        store.release(2)
+        store.load(5, recent=False)   # a source read once: without releases, the first to go
+        store.load(3)
+        assert 1 not in store and 2 in store and 3 in store and 5 in store
+        store.load(4)
+        assert 2 not in store and 5 in store and 3 in store and 4 in store
+        store.load(6)                 # nothing released left: the source read once goes
+        assert 5 not in store and 3 in store and 4 in store and 6 in store
+        store.release(99)             # a frame not kept: nothing to let go, nothing kept of it
+        assert not store._released
+
