@@ -219,11 +219,19 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
     reach = max(abs(d) for d in SOURCE_OFFSETS)
     # Two frames encode side by side unless the run is held to one thread.
     frame_io = _FrameIO(readers=int(settings.parallel_windows), writers=1 if settings.threads == 1 else 2)
+    def key_plan(k):
+        """The keyframes that serve frame ``k`` (none in a shot without keyframes)."""
+        return plan_keyframes(k, key_frames, settings.max_keys) if key_frames else []
+
+    def written(f):
+        """Whether frame ``f``'s output is kept from an earlier run (``resume``)."""
+        return resume and os.path.exists(expand(shot.out, f))
+
     try:
         # While the masks are scanned, the reader decodes what the first frame needs: its
         # plate and its keyframes (each is taken from here once, then read as usual).
         ahead = {("plate", frames[0]): frame_io.reader.submit(io.read_frame, expand(shot.plate, frames[0]))}
-        for k in (plan_keyframes(frames[0], key_frames, settings.max_keys) if key_frames else []):
+        for k in key_plan(frames[0]):
             ahead[("key", k)] = frame_io.reader.submit(io.read_frame, expand(shot.keys, k))
         roi = _shot_roi(shot, mask_frames, size, engine, settings, kept_masks,
                         range(frames[0] - reach, frames[-1] + reach + 1))
@@ -296,11 +304,10 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
             return mask is not None and bool((mask > 0).any())
 
         def fill_one(filler, loader, k, ahead=None):
-            plan = plan_keyframes(k, key_frames, settings.max_keys) if key_frames else []
             pixels, mask = loader.source(k)
             if ahead is not None:
                 ahead.help(filler, pixels, mask, k)
-            return filler.fill(pixels, mask, plan, source_candidates(k, plate_with_masks), k)
+            return filler.fill(pixels, mask, key_plan(k), source_candidates(k, plate_with_masks), k)
 
         def fill_frame(filler, loader, frame, ahead=None):
             """One frame that is not a keyframe: (status, plate Frame, filled ROI or None)."""
@@ -314,8 +321,7 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
                 # (not written): their fills are carried to this one as they are in a full run.
                 for earlier in chain(frame, is_filled):
                     fill_one(filler, loader, earlier)
-            plan = plan_keyframes(frame, key_frames, settings.max_keys) if key_frames else []
-            status = "filled" if plan or source_candidates(frame, plate_with_masks) else "inpainted"
+            status = "filled" if key_plan(frame) or source_candidates(frame, plate_with_masks) else "inpainted"
             if status == "inpainted":
                 log.warning("frame %d: no keyframe and no other frame: filled from its own context", frame)
             return status, plate, fill_one(filler, loader, frame, ahead)
@@ -335,17 +341,15 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
             # behind a lock (engines need not be thread-safe). This thread reads keyframes' plates.
             locked = _LockedEngine(engine)
             windows = _WindowFills(workers, lambda: new_filler(locked), fill_frame)
-            plan_frames = windows.plan(frames, lambda f: resume and os.path.exists(expand(shot.out, f)), keys_set)
+            plan_frames = windows.plan(frames, written, keys_set)
             filler, loader = None, _Loader(store, plate_with_masks, box)
         else:
             windows = None
             filler, loader = new_filler()
         # One frame after another on more than one core: lookahead threads find the next
         # frames' flows (their own fillers, the shared caches) while this thread fills.
-        ahead_flows = _FlowsAhead(new_filler, frames, keys_set, fill_target=lambda f: not (
-            resume and os.path.exists(expand(shot.out, f))), is_filled=is_filled,
-            plan=lambda k: plan_keyframes(k, key_frames, settings.max_keys) if key_frames else [],
-            candidates=lambda k: source_candidates(k, plate_with_masks),
+        ahead_flows = _FlowsAhead(new_filler, frames, keys_set, fill_target=lambda f: not written(f),
+            is_filled=is_filled, plan=key_plan, candidates=lambda k: source_candidates(k, plate_with_masks),
             depth=lookahead if windows is None and filler is not None else 0, limit=settings.max_sources)
         ahead_flows.start()
 
@@ -364,7 +368,7 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
                 if windows is not None:
                     windows.submit_ahead()
                 out_path = expand(shot.out, frame)
-                skip = plan_frames[frame] == "skip" if windows is not None else resume and os.path.exists(out_path)
+                skip = plan_frames[frame] == "skip" if windows is not None else written(frame)
                 if skip:
                     status, job = "skipped", None
                     ahead.pop(("plate", frame), None)   # the first frame, decoded ahead: not needed

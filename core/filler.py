@@ -84,6 +84,30 @@ class LRU(OrderedDict):
         return value
 
 
+def made_once(lock, items, key, make: Callable[[], object], touch: Optional[Callable] = None):
+    """``items[key]``'s value, for threads that ask at once: the first caller makes it
+    (``make()``) while later callers wait for it, so nothing is made twice; a failed make is
+    raised in every caller waiting for it and not kept. ``items`` (a dict-like of Futures) is
+    touched under ``lock`` only; ``touch(key)``: called under it when the key was there."""
+    with lock:
+        future = items.get(key)
+        mine = future is None
+        if mine:
+            future = items[key] = Future()
+        elif touch is not None:
+            touch(key)
+    if mine:
+        try:
+            future.set_result(make())
+        except BaseException as exc:
+            with lock:
+                if items.get(key) is future:
+                    del items[key]
+            future.set_exception(exc)
+            raise
+    return future.result()
+
+
 class SharedLRU:
     """A least-recently-used cache that several threads use at once.
 
@@ -117,23 +141,7 @@ class SharedLRU:
             self._items[key] = value
 
     def get_or(self, key, make: Callable[[], object]):
-        with self._lock:
-            future = self._items.get(key)
-            mine = future is None
-            if mine:
-                future = self._items[key] = Future()
-            else:
-                self._items.move_to_end(key)
-        if mine:
-            try:
-                future.set_result(make())
-            except BaseException as exc:
-                with self._lock:
-                    if self._items.get(key) is future:
-                        del self._items[key]
-                future.set_exception(exc)
-                raise
-        return future.result()
+        return made_once(self._lock, self._items, key, make, touch=self._items.move_to_end)
 
 
 class FlowsByTarget:
@@ -154,20 +162,7 @@ class FlowsByTarget:
     def get_or(self, target, source, make: Callable[[], object]):
         with self._lock:
             flows = self._targets.setdefault(target, {})
-            future = flows.get(source)
-            mine = future is None
-            if mine:
-                future = flows[source] = Future()
-        if mine:
-            try:
-                future.set_result(make())
-            except BaseException as exc:
-                with self._lock:
-                    if self._targets.get(target, {}).get(source) is future:
-                        del self._targets[target][source]
-                future.set_exception(exc)
-                raise
-        return future.result()
+        return made_once(self._lock, flows, source, make)
 
     def has(self, target, source) -> bool:
         """Whether the flow is made or being made."""
