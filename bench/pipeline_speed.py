@@ -299,10 +299,11 @@ class _Timers:
     Compute parts are timed on the threads that fill frames (the main thread, or each window
     worker of ``parallel_windows``; flow's helper thread works while they wait inside a timed
     call) and on the lookahead threads that find the next frames' flows for them (``ahead``:
-    the seconds of ShotFiller.find_flows and find_pair calls outside a fill), and a call is charged to the outermost timed part it runs in on its thread (a flow
-    computed while choosing sources is search time), so the parts never overlap. File I/O is
-    timed on every thread (reads ahead and writes behind run on background threads), the
-    outermost I/O call per thread.
+    the seconds of ShotFiller.find_flows and find_pair calls outside a fill), and a call is
+    charged to the outermost timed part it runs in on its thread (a flow computed while
+    choosing sources is search time), so the parts never overlap. File I/O is timed on every
+    thread (reads ahead and writes behind run on background threads), the outermost I/O call
+    per thread.
     """
 
     def __init__(self):
