@@ -26,7 +26,7 @@ import time
 from collections import OrderedDict, deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable, Deque, Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Deque, Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -41,7 +41,7 @@ from .settings import Settings
 from .shot import Shot, expand, plan_keyframes, scan
 from .temporal import chain, same_window
 
-__all__ = ["Settings", "FrameEvent", "Result", "eta_seconds", "ShotFiller", "propagate", "fill_frames",
+__all__ = ["Settings", "FrameEvent", "SetupEvent", "Result", "eta_seconds", "ShotFiller", "propagate", "fill_frames",
            "source_candidates", "composite_alpha", "network_hole", "Shot", "expand", "scan", "plan_keyframes"]
 
 log = logging.getLogger(__name__)
@@ -53,9 +53,9 @@ log = logging.getLogger(__name__)
 class FrameEvent:
     """One frame written (or skipped).
 
-    ``seconds``: wall time from the previous frame's completion (the run's start, for the
-    first frame: it carries the setup, model load and mask scan) to this frame's file being
-    written; the frames' seconds add up to the run's wall time, none counted twice. Frames
+    ``seconds``: wall time from the previous frame's completion (the end of the setup, for
+    the first frame: see SetupEvent) to this frame's file being written; the setup's and the
+    frames' seconds add up to the run's wall time, none counted twice. Frames
     are read ahead and written behind, so a frame's event can arrive after the next
     frame's fill, but its seconds stop when its own write did.
     """
@@ -67,7 +67,25 @@ class FrameEvent:
     path: str = ""
 
 
-ProgressFn = Callable[[FrameEvent], None]
+@dataclass
+class SetupEvent:
+    """The run's setup, reported once, before any frame's event.
+
+    ``seconds``: wall time from the run's start to the start of the first frame's composing:
+    the model load (when propagate makes the engine), the mask scan, the first reads and,
+    one frame after another, the first frame the run fills made ready: the frames before it
+    in its temporal window filled (a chunk starting inside a window: their fills are carried
+    to it) and its flows found. Every later frame finds its flows found ahead, while the
+    frame before it was composed; the first has no frame before it, so finding its flows is
+    the pipeline's start, not that frame's share. The setup's and the frames' seconds add up
+    to the run's wall time. ``frame``: the first frame the run fills (None: none to fill).
+    """
+    total: int
+    seconds: float
+    frame: Optional[int] = None
+
+
+ProgressFn = Callable[[Union[SetupEvent, FrameEvent]], None]
 
 ETA_WINDOW = 8   # frames: the ETA's rate is the median of this many recent per-frame times
 
@@ -351,10 +369,36 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
         ahead_flows = _FlowsAhead(new_filler, frames, keys_set, fill_target=lambda f: not written(f),
             is_filled=is_filled, plan=key_plan, candidates=lambda k: source_candidates(k, plate_with_masks),
             depth=lookahead if windows is None and filler is not None else 0, limit=settings.max_sources)
-        ahead_flows.start()
+
+        def prime(frame):
+            """The setup's end, one frame after another: the run's first frame to fill made
+            ready (SetupEvent): the frames before it in its window filled (their fills are
+            carried to it), its flows found: its likely ones side by side on the lookahead
+            threads, meeting this thread, then the rest of its search here while the
+            lookahead threads go on to the frames after it. The same calls its fill would
+            make (the same pixels). An error is left for the frame's own fill to raise, in
+            frame order (the frames before it are written first)."""
+            ahead_flows.start(frame)
+            ahead_flows.submit(frame)
+            try:
+                if settings.temporal and filler.previous_frame != frame - 1:
+                    for earlier in chain(frame, is_filled):
+                        fill_one(filler, loader, earlier)
+                pixels, mask = loader.source(frame)
+                ahead_flows.help(filler, pixels, mask, frame)
+                filler.find_flows(pixels, mask, key_plan(frame), source_candidates(frame, plate_with_masks), frame,
+                                  carried=ahead_flows.carried(frame))
+            except Exception:  # noqa: BLE001 - the fill of ``frame`` meets it again and reports it
+                log.debug("setup of frame %d failed", frame, exc_info=True)
 
         total, done = len(frames), 0
-        clock = [started]   # when the last reported frame was complete
+        first_fill = next((f for f in frames if f not in keys_set and not written(f) and is_filled(f)), None) \
+            if filler is not None else None
+        if windows is None and first_fill is not None and not (cancel is not None and cancel.is_set()):
+            prime(first_fill)
+        clock = [time.perf_counter()]   # when the setup, then the last reported frame, was complete
+        if progress is not None:
+            progress(SetupEvent(total, clock[0] - started, first_fill))
         try:
             for frame in frames:
                 if windows is None:
@@ -792,7 +836,8 @@ class _FlowsAhead:
         self._pool = ThreadPoolExecutor(max_workers=depth, thread_name_prefix="keyprop-ahead",
                                         initializer=flowlib.directions_in_turn) if depth else None
 
-    def _carried(self, k: int) -> bool:
+    def carried(self, k: int) -> bool:
+        """Whether frame ``k``'s fill carries the frame before's (filled in the same window)."""
         return same_window(k - 1, k) and self._is_filled(k - 1)
 
     def _parts(self, k: int) -> list:
@@ -800,11 +845,10 @@ class _FlowsAhead:
         plan = self._plan(k)
         return [("key", j) for j in plan] + list(self._candidates(k)[:max(0, self._limit - len(plan))])
 
-    def start(self) -> None:
-        """The first frame's likely flows, side by side on the lookahead threads."""
-        if self._pool is None or not self._frames or not self._fill_target(self._frames[0]):
+    def start(self, k: int) -> None:
+        """The run's first frame's (``k``) likely flows, side by side on the lookahead threads."""
+        if self._pool is None:
             return
-        k = self._frames[0]
         for part in self._parts(k):
             self._futures[("part", k, part)] = self._pool.submit(self._find, k, part)
 
@@ -849,7 +893,7 @@ class _FlowsAhead:
             if part is not None:
                 filler.find_pair(k, pixels, mask, part)
             else:
-                filler.find_flows(pixels, mask, self._plan(k), self._candidates(k), k, carried=self._carried(k))
+                filler.find_flows(pixels, mask, self._plan(k), self._candidates(k), k, carried=self.carried(k))
         except Exception:  # noqa: BLE001 - the fill of ``k`` meets it again and reports it
             log.debug("lookahead of frame %d failed", k, exc_info=True)
         finally:

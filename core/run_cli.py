@@ -17,11 +17,11 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import yaml
 
-from .api import ETA_WINDOW, FrameEvent, Settings, eta_seconds, propagate
+from .api import ETA_WINDOW, FrameEvent, SetupEvent, Settings, eta_seconds, propagate
 from .temporal import WINDOW
 from .errors import KeypropInputError
 from .shot import Shot, expand, scan
@@ -136,8 +136,9 @@ class ProgressPrinter:
     """'bar': one updating line on stderr with frames, the frame's seconds and the ETA;
     'json': a JSON line per frame on stdout.
 
-    The ETA is :func:`core.api.eta_seconds` over the frames worked on (not 'skipped' ones),
-    leaving out the run's first frame once there are others (its seconds carry the setup).
+    The run's setup (core.api.SetupEvent) comes first: a JSON line ``{"event": "setup", ...}``,
+    or the bar at 0 frames with the setup's seconds. The ETA is :func:`core.api.eta_seconds`
+    over the frames worked on (not 'skipped' ones; the setup is not a frame).
     A bar line is ended (``end_line``) before anything else is written to its stream: the
     summary, an error, the Ctrl-C message, log records (``guard_logging``).
     """
@@ -150,17 +151,19 @@ class ProgressPrinter:
         self.block = WINDOW * parallel_windows if parallel_windows > 1 else 1
         self.bar_out = stream_bar or sys.stderr
         self.json_out = stream_json or sys.stdout
-        self.times = []          # (first event of the run?, seconds) of frames worked on
+        self.times = []          # seconds of the frames worked on
         self.open = False        # a bar line is on bar_out without its newline
 
     def eta(self, ev: FrameEvent) -> float:
         if ev.status != "skipped":
-            self.times.append((ev.done == 1, ev.seconds))
-        steady = [t for first, t in self.times if not first] or [t for _, t in self.times]
-        return eta_seconds(steady, ev.total - ev.done, window=3 if self.block > 1 else ETA_WINDOW,
+            self.times.append(ev.seconds)
+        return eta_seconds(self.times, ev.total - ev.done, window=3 if self.block > 1 else ETA_WINDOW,
                            block=self.block)
 
-    def __call__(self, ev: FrameEvent) -> None:
+    def __call__(self, ev: Union[SetupEvent, FrameEvent]) -> None:
+        if isinstance(ev, SetupEvent):
+            self.setup(ev)
+            return
         eta = self.eta(ev)
         if self.mode == "json":
             record = {"event": "frame", "frame": ev.frame, "status": ev.status, "done": ev.done,
@@ -175,6 +178,15 @@ class ProgressPrinter:
             self.open = True
             if ev.done >= ev.total:
                 self.end_line()
+
+    def setup(self, ev: SetupEvent) -> None:
+        if self.mode == "json":
+            record = {"event": "setup", "seconds": round(ev.seconds, 3), "total": ev.total, "frame": ev.frame}
+            print(json.dumps(record), file=self.json_out, flush=True)
+        elif self.mode == "bar":
+            print(f"\r[{'.' * 30}] 0/{ev.total} frames  set up in {ev.seconds:.1f}s", end="", file=self.bar_out,
+                  flush=True)
+            self.open = True
 
     def end_line(self) -> bool:
         """End the bar's line if one is open (idempotent); whether one was."""

@@ -188,6 +188,24 @@ def test_job_errors_are_one_line(tmp_path, mode):
     assert "no plate frames found" in job.message
 
 
+@pytest.mark.parametrize("mode", ["in_process", "worker"])
+def test_job_reports_the_setup_then_every_frame(tmp_path, mode):
+    """Either way a job reports the run's setup first (its seconds, the first frame it fills),
+    then each frame, and ends done."""
+    from test_pipeline import write_shot
+
+    jobs = _load("jobs")
+    shot = write_shot(tmp_path)
+    (tmp_path / "out").mkdir()
+    spec = jobs.JobSpec(shot.plate, shot.mask, shot.keys, shot.out, 101, 104, model="preset:test", overwrite=True)
+    job = jobs.start(spec, mode, PY)
+    seen = []
+    assert job.wait(on_event=seen.append) == "done", job.message
+    assert seen[0]["event"] == "setup" and seen[0]["total"] == 4 and seen[0]["frame"] == 102
+    assert seen[0]["seconds"] > 0
+    assert [e["frame"] for e in seen if e["event"] == "frame"] == [101, 102, 103, 104] and job.done == 4
+
+
 def test_manifest_validates():
     """Blender's own extension validator (the one `blender --command extension validate` runs)."""
     validate = _bpy_dir() / blender_line() / "scripts/addons_core/bl_pkg/cli/blender_ext.py"

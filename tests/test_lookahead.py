@@ -7,7 +7,7 @@ import pytest
 
 from keyprop.core import filler as filler_mod
 from keyprop.core import flow as flowlib
-from keyprop.core.api import Settings, propagate
+from keyprop.core.api import SetupEvent, Settings, propagate
 from keyprop.core.runtime import create_engine
 
 from test_parallel_windows import FIRST, MODEL, N, into, outputs, write_long_shot
@@ -54,7 +54,9 @@ def test_lookahead_gives_the_bytes_of_one_thread(tmp_path, engine, keys, monkeyp
     propagate(into(shot, tmp_path / "ahead"), Settings(model=MODEL, threads=2, parallel_windows=1), engine=engine,
               progress=events.append)
     assert outputs(tmp_path / "one") == outputs(tmp_path / "ahead")
-    assert [e.frame for e in events] == list(range(FIRST, FIRST + N))
+    # The setup first, with the first frame to fill (after the keyframe, keyed), then every frame.
+    assert isinstance(events[0], SetupEvent) and events[0].frame == (FIRST + 1 if keys else FIRST)
+    assert [e.frame for e in events[1:]] == list(range(FIRST, FIRST + N))
     # The lookahead threads found most flows; the filling thread found them made.
     assert counts.get("keyprop-ahead", 0) > 2 * counts.get("MainThread", 0), counts
     # Every target's flows were dropped when its fill ended.

@@ -85,6 +85,8 @@ def test_progress_lines():
     event = kc.parse_progress_line(line + "\n")
     assert event["frame"] == 1002 and kc.percent(event) == 25
     assert kc.progress_message(event) == "frame 1002 filled (2/8)"
+    setup = kc.parse_progress_line('{"event": "setup", "seconds": 0.64, "total": 8, "frame": 1001}')
+    assert kc.percent(setup) == 0 and kc.progress_message(setup) == "set up in 0.6s, filling 8 frame(s)"
     done = kc.parse_progress_line('{"event": "done", "frames": 8}')
     assert kc.percent(done) == 100 and kc.progress_message(done) == "done: 8 frame(s)"
     for noise in ["", "keyprop: stopping", "{not json", "[1, 2]", '{"frame": 3}']:
@@ -172,7 +174,7 @@ def test_real_keyprop_run_cancel_and_resume(shot, tmp_path):
     cmd = kc.build_run_command(str(KEYPROP), shot["plate"], shot["mask"], shot["keys"], out, 101, 104,
                                model="preset:test", existing="resume", extra=["--threads", "2"])
     seen = []
-    code = kc.follow(kc.KeypropRun(cmd), seen.append, lambda: bool(seen), poll=0.05)
+    code = kc.follow(kc.KeypropRun(cmd), seen.append, lambda: any(e["event"] == "frame" for e in seen), poll=0.05)
     assert code == 130
     written = sorted(os.listdir(tmp_path))
     assert 1 <= len(written) < 4 and all(re.fullmatch(r"fill\.\d{4}\.png", n) for n in written), written
@@ -181,6 +183,7 @@ def test_real_keyprop_run_cancel_and_resume(shot, tmp_path):
     seen = []
     assert kc.follow(kc.KeypropRun(cmd), seen.append, lambda: False) == 0
     frames = [e for e in seen if e["event"] == "frame"]
+    assert seen[0]["event"] == "setup"
     assert [e["frame"] for e in frames] == [101, 102, 103, 104] and seen[-1]["event"] == "done"
     assert [e["status"] for e in frames][:len(written)] == ["skipped"] * len(written)
     assert {e["status"] for e in frames[len(written):]} <= {"filled", "keyframe"}

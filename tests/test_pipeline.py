@@ -335,7 +335,9 @@ def test_ctrl_c_stops_between_frames(tmp_path):
     args = [sys.executable, "-m", "keyprop.cli", "run", "--plate", shot.plate, "--mask", shot.mask,
             "--keys", shot.keys, "--out", shot.out, "--model", MODEL, "--progress", "json", "--threads", "2"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    setup = json.loads(proc.stdout.readline())  # the setup's line comes before any frame's
     first = json.loads(proc.stdout.readline())  # the first frame is done
+    assert setup["event"] == "setup" and setup["frame"] == 102 and first["event"] == "frame"
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err
@@ -554,8 +556,9 @@ def test_caches_stay_bounded_over_a_long_shot(engine):
 # --- honest progress (issue "Keyless fills at working speed", item 5) -----------------------
 
 def test_json_progress_seconds_add_up_to_the_run(tmp_path, capsys):
-    """Each frame's seconds run from the previous frame's completion to its own: summed, the
-    run's wall time (the frames are read ahead and written behind; none is counted twice)."""
+    """The setup's line comes first; each frame's seconds run from the previous frame's
+    completion (the setup's end, for the first) to its own: summed with the setup's, the run's
+    wall time (the frames are read ahead and written behind; none is counted twice)."""
     import time
 
     shot = write_shot(tmp_path, keys=())   # keyless: the shot's own frames as sources
@@ -565,9 +568,12 @@ def test_json_progress_seconds_add_up_to_the_run(tmp_path, capsys):
     code, out, err = run_cli(args, capsys)
     wall = time.perf_counter() - started
     assert code == 0, err
-    frames = [e for e in map(json.loads, out.splitlines()) if e["event"] == "frame"]
+    events = list(map(json.loads, out.splitlines()))
+    setup, frames = events[0], [e for e in events if e["event"] == "frame"]
+    assert setup["event"] == "setup" and setup["total"] == N and setup["frame"] == 101 and setup["seconds"] > 0
+    assert [e for e in events if e["event"] == "setup"] == [setup]
     assert len(frames) == N and all(e["seconds"] >= 0 for e in frames)
-    total = sum(e["seconds"] for e in frames)
+    total = setup["seconds"] + sum(e["seconds"] for e in frames)
     assert abs(total - wall) <= max(0.1 * wall, 0.3), (total, wall, [e["seconds"] for e in frames])
 
 
@@ -582,7 +588,7 @@ def test_progress_seconds_never_run_ahead_of_the_clock(tmp_path, engine):
     started = time.perf_counter()
     propagate(shot, Settings(model=MODEL), engine=engine,
               progress=lambda ev: seen.append((ev.seconds, time.perf_counter() - started)))
-    assert len(seen) == N
+    assert len(seen) == N + 1   # the setup, then every frame
     reported = 0.0
     for seconds, elapsed in seen:
         reported += seconds
@@ -653,6 +659,23 @@ def test_bar_ends_its_line_before_the_summary(monkeypatch, end):
     assert "ETA" in bar_line and "keyprop" not in bar_line, err   # the bar's last line, ended
     assert rest.startswith("keyprop: "), err                      # the summary / error on its own line
     assert "\n\n" not in err, err                                  # and no blank line either
+
+
+def test_bar_shows_the_setup_then_frames_at_the_frames_rate():
+    """The setup's seconds are shown at 0 frames; the ETA is the frames' rate (the setup is
+    not a frame: a long one does not move it)."""
+    import io as stdio
+    from keyprop.core.api import FrameEvent, SetupEvent
+    from keyprop.core.run_cli import ProgressPrinter
+
+    stream = stdio.StringIO()
+    printer = ProgressPrinter("bar", stream_bar=stream)
+    printer(SetupEvent(4, 30.0, 101))
+    printer(FrameEvent(101, "filled", 1, 4, 1.0))
+    printer.end_line()
+    setup, frame = stream.getvalue().rstrip("\n").split("\r")[1:]
+    assert setup.startswith("[") and "0/4 frames" in setup and "set up in 30.0s" in setup
+    assert "1/4 frames" in frame and frame.endswith("ETA     3s")
 
 
 def test_bar_line_ends_before_a_log_record():

@@ -8,6 +8,7 @@ read and write the same files, so they give the same pixels.
 
 A job reports plain dicts, the CLI's JSON records plus one final record::
 
+    {"event": "setup", "seconds": 0.6, "total": 10, "frame": 1001}   (once, before the frames)
     {"event": "frame", "frame": 1003, "status": "filled", "done": 3, "total": 10, "path": ...}
     {"event": "finished", "state": "done" | "cancelled" | "error", "message": "..."}
 """
@@ -192,7 +193,7 @@ class InProcessJob(Job):
 
     def _run(self) -> None:
         try:
-            from keyprop.core.api import Settings, propagate
+            from keyprop.core.api import Settings, SetupEvent, propagate
             from keyprop.core.errors import KeypropInputError
             from keyprop.core.shot import Shot
         except Exception as exc:  # keyprop half-installed: say so in one line
@@ -205,6 +206,10 @@ class InProcessJob(Job):
             settings = Settings.from_mapping(s.settings_mapping())
 
             def progress(ev):
+                if isinstance(ev, SetupEvent):
+                    self.queue.put({"event": "setup", "seconds": round(ev.seconds, 3), "total": ev.total,
+                                    "frame": ev.frame})
+                    return
                 self.queue.put({"event": "frame", "frame": ev.frame, "status": ev.status, "done": ev.done,
                                 "total": ev.total, "seconds": round(ev.seconds, 3), "path": ev.path})
 
@@ -269,7 +274,7 @@ class WorkerJob(Job):
                 record = json.loads(line)
             except ValueError:
                 continue
-            if record.get("event") == "frame":
+            if record.get("event") in ("setup", "frame"):
                 self.queue.put(record)
 
     def _read_stderr(self) -> None:

@@ -128,7 +128,9 @@ class KEYPROP_OT_propagate(bpy.types.Operator):
         print(f"keyprop: propagating ({mode.replace('_', '-')})", flush=True)
 
         def show(ev):
-            if ev.get("event") == "frame":
+            if ev.get("event") == "setup":
+                print(f"keyprop: set up in {ev['seconds']:.1f}s", flush=True)
+            elif ev.get("event") == "frame":
                 print(f"keyprop: frame {ev['frame']} {ev['status']} ({ev['done']}/{ev['total']}, "
                       f"{time.perf_counter() - started:.1f}s)", flush=True)
 
@@ -167,7 +169,10 @@ class KEYPROP_OT_propagate(bpy.types.Operator):
         if event.type != "TIMER":
             return {"PASS_THROUGH"}
         for ev in job.events():
-            if ev.get("event") == "frame":
+            if ev.get("event") == "setup":
+                context.scene.keyprop.status = f"set up in {ev['seconds']:.1f}s, filling {ev['total']} frames"
+                self._status(context, f"keyprop: {context.scene.keyprop.status} — Esc to stop")
+            elif ev.get("event") == "frame":
                 settings = context.scene.keyprop
                 settings.progress = 100.0 * ev["done"] / max(ev["total"], 1)
                 settings.status = f"frame {ev['frame']} {ev['status']} ({ev['done']}/{ev['total']})"

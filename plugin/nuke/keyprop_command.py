@@ -151,6 +151,8 @@ def parse_progress_line(line: str) -> Optional[dict]:
 def progress_message(event: dict) -> str:
     if event.get("event") == "done":
         return "done: {} frame(s)".format(event.get("frames"))
+    if event.get("event") == "setup":
+        return "set up in {:.1f}s, filling {} frame(s)".format(float(event.get("seconds") or 0), event.get("total"))
     return "frame {} {} ({}/{})".format(event.get("frame"), event.get("status"), event.get("done"),
                                         event.get("total"))
 
