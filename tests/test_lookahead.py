@@ -146,3 +146,19 @@ def test_filled_frames_are_let_go_first_in_the_order_they_were_filled():
         store.release(99)             # a frame not kept: nothing to let go, nothing kept of it
         assert not store._released
 
+
+
+def test_the_heap_is_trimmed_every_eighth_frame(tmp_path, engine, monkeypatch):
+    """Freed frame buffers go back to the system as the run goes (core.api.trim_heap): the
+    peak memory of a long shot stays that of a short one (bench/pipeline_speed.py --only memory)."""
+    import platform
+
+    from keyprop.core import api
+
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert api.trim_heap()
+    trimmed = []
+    monkeypatch.setattr(api, "trim_heap", lambda: trimmed.append(1) or True)
+    shot = write_long_shot(tmp_path)
+    propagate(into(shot, tmp_path / "out"), Settings(model=MODEL, threads=2), engine=engine)
+    assert len(trimmed) == sum(f % api.TRIM_EVERY == 0 for f in range(FIRST, FIRST + N))
