@@ -190,8 +190,9 @@ class ShotCaches:
         # frame -> (work RGB, hole zeroed; hole; FlowFrame)
         self.plates = SharedLRU(n * (2 * len(SOURCE_OFFSETS) + 2) + ahead)
         # DIS flows both ways between two plate frames, completed in the holes: frame t's
-        # pair with t+1 serves t+1's with t.
-        self.pairs = SharedLRU((n + ahead) * 2 * settings.max_sources)
+        # pair with t+1 serves t+1's with t; with pre-alignment, also each pair's homography
+        # and pre-aligned flows (core.flow._aligned), shared the same way.
+        self.pairs = SharedLRU((n + ahead) * 2 * settings.max_sources * (3 if settings.prealign else 1))
         self.flows = FlowsByTarget()   # target tag -> source key -> (flow, error), while in work
 
 

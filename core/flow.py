@@ -434,11 +434,6 @@ def _full_pair(forward_w, backward_w, h, w):
     return forward, backward, consistency_error(forward, backward)
 
 
-def _completed(forward_w, backward_w, t_hole, k_hole, h, w):
-    """Raw working-size flows both ways -> completed full-size forward, backward, error."""
-    return _full_pair(*_completed_w(forward_w, backward_w, t_hole, k_hole), h, w)
-
-
 class FlowFrame:
     """An image prepared for :func:`flow_between`: what depends on it alone, computed once.
 
@@ -501,6 +496,36 @@ def _plain_pair(target: FlowFrame, key: FlowFrame, cache):
     return forward, backward
 
 
+def _aligned(target: FlowFrame, key: FlowFrame, forward, error, known, cache):
+    """Pre-aligned flows target->key: (forward, backward, error), completed, at full size;
+    None without a homography, or where the plain flow (``forward``, ``error``) already
+    follows it (:func:`_explained`).
+
+    Shared through ``cache`` as :func:`_plain_pair` shares the plain pair (both frames
+    tagged): the homography and the pre-aligned DIS of two frames are found once, one way
+    round (the lower tag by repr first: the key pre-warped onto the target), and the frames
+    the other way round take that homography inverted and the two flows swapped. The
+    completions are symmetric as in the plain pair; a reverse pair's flows are those of the
+    pre-alignment found for the first way round (the same scene, warped the other way)."""
+    h, w = target.size
+    swapped = cache is not None and target.tag is not None and key.tag is not None \
+        and repr(target.tag) > repr(key.tag)
+    first, second = (key, target) if swapped else (target, key)
+    shared = cache is not None and first.tag is not None and second.tag is not None
+
+    def once(name, make):
+        return cache.get_or((name, first.tag, second.tag), make) if shared else make()
+
+    hmat = once("homography", lambda: _homography(first, second))
+    if hmat is None:
+        return None
+    if _explained(forward, error, known, np.linalg.inv(hmat) if swapped else hmat, target.luma.shape):
+        return None
+    pair = once("prealigned", lambda: _completed_w(*_prealigned_dis(first.luma, second.luma, hmat),
+                                                   first.hole, second.hole))
+    return _full_pair(*(pair[::-1] if swapped else pair), h, w)
+
+
 def flow(target: np.ndarray, key: np.ndarray,
          target_mask: np.ndarray | None = None, key_mask: np.ndarray | None = None,
          work_size: int = DEFAULT_WORK_SIZE, prealign: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -539,21 +564,16 @@ def flow_between(target: FlowFrame, key: FlowFrame, prealign: bool = False,
     if key.size != target.size or key.luma.shape != target.luma.shape:
         raise ValueError(f"key is {key.size[1]}x{key.size[0]}, target is {target.size[1]}x{target.size[0]}")
     h, w = target.size
-    t_luma, k_luma, t_hole, k_hole = target.luma, key.luma, target.hole, key.hole
     forward, backward, error = _full_pair(*_plain_pair(target, key, dis_cache), h, w)
     if prealign:
         known = target.known
         plain = float(np.mean(np.minimum(error[known], 20))) if known.any() else 0.0
         # DIS alone is right where it is consistent: pre-align only where it is not.
-        hmat = _homography(target, key) if plain > _PREALIGN_ABOVE_PX else None
-        if hmat is not None and _explained(forward, error, known, hmat, target.luma.shape):
-            hmat = None
-        if hmat is not None:
-            # Pre-aligned flow where it is the more consistent of the two outside the holes
-            # (one homography fits a camera move, not always a scene of several depths).
-            aligned = _completed(*_prealigned_dis(t_luma, k_luma, hmat), t_hole, k_hole, h, w)
-            if np.mean(np.minimum(aligned[2][known], 20)) < plain:
-                forward, backward, error = aligned
+        aligned = _aligned(target, key, forward, error, known, dis_cache) if plain > _PREALIGN_ABOVE_PX else None
+        # Pre-aligned flow where it is the more consistent of the two outside the holes
+        # (one homography fits a camera move, not always a scene of several depths).
+        if aligned is not None and np.mean(np.minimum(aligned[2][known], 20)) < plain:
+            forward, backward, error = aligned
     if log.isEnabledFor(logging.DEBUG):
         log.debug("flow %dx%d at %dx%d: median |F| %.2f px, median error %.2f px",
                   w, h, t_luma.shape[1], t_luma.shape[0], float(np.median(np.linalg.norm(forward, axis=2))),

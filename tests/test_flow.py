@@ -183,6 +183,55 @@ def test_prepared_frames_and_the_dis_cache_give_the_plain_flow():
     assert list(cache) == [("a", "b")]  # the second call found the pair the first one stored
 
 
+def _zoom_views(h=200, w=260):
+    rng = np.random.default_rng(4)
+    big = cv2.GaussianBlur(rng.random((480, 640, 3)).astype(np.float32), (0, 0), 1.5)
+    big = (big - big.min()) / (big.max() - big.min())
+    center = np.float32([320, 240])
+
+    def view(scale, angle):
+        m = cv2.getRotationMatrix2D((float(w / 2), float(h / 2)), angle, scale)
+        m[:, 2] += center - np.float32([w / 2, h / 2])
+        return cv2.warpAffine(big, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+
+    return view(1.0, 0.0), view(1.25, 10.0)
+
+
+def test_a_pairs_prealignment_is_found_once_for_both_ways(monkeypatch):
+    """Two tagged frames far apart (a zoom and a roll): the first way round (the lower tag
+    first) is exactly the uncached flow; the other way round takes its homography and its
+    pre-aligned flows swapped (no second homography, no second DIS), and still follows the
+    scene."""
+    from keyprop.core.filler import LRU
+
+    first_img, second_img = _zoom_views()
+    h, w = first_img.shape[:2]
+    mask_a = np.zeros((h, w), np.float32)
+    mask_a[70:130, 100:160] = 1
+    mask_b = np.zeros((h, w), np.float32)
+    mask_b[20:60, 30:80] = 1
+    a = F.FlowFrame(first_img * (1 - mask_a[:, :, None]), mask_a, tag="a")
+    b = F.FlowFrame(second_img * (1 - mask_b[:, :, None]), mask_b, tag="b")
+    calls = []
+    for name in ("_homography", "_prealigned_dis"):
+        real = getattr(F, name)
+        monkeypatch.setattr(F, name, lambda *args, real=real, name=name: calls.append(name) or real(*args))
+    cache = LRU(8)
+    ab = F.flow_between(a, b, prealign=True, dis_cache=cache)
+    want = F.flow(first_img * (1 - mask_a[:, :, None]), second_img * (1 - mask_b[:, :, None]),
+                  target_mask=mask_a, key_mask=mask_b, prealign=True)
+    assert np.array_equal(ab[0], want[0]) and np.array_equal(ab[1], want[1])
+    assert calls.count("_prealigned_dis") == 2   # the cached pair, then flow()'s own
+    ba = F.flow_between(b, a, prealign=True, dis_cache=cache)
+    assert calls.count("_homography") == 2 and calls.count("_prealigned_dis") == 2
+    assert {k[0] for k in cache if len(k) == 3} == {"homography", "prealigned"}
+    # b -> a follows the scene where a is not masked: b's pixels land on a's.
+    inside = (mask_b == 0) & (cv2.warpAffine(np.ones((h, w), np.float32), np.eye(2, 3), (w, h)) > 0)
+    landed = F.warp(first_img, ba[0])
+    ok = inside & (ba[1] < 1.0)
+    assert ok.mean() > 0.3 and float(np.abs(landed - second_img)[ok].mean()) < 0.03
+
+
 def test_prealign_is_skipped_when_the_plain_flow_follows_the_camera(monkeypatch):
     """A thin strip panning 10 px: pixels leaving the frame make DIS look inconsistent, but its
     flow is the homography's; a pre-aligned DIS would find the same flow and is not run."""
