@@ -576,6 +576,6 @@ def flow_between(target: FlowFrame, key: FlowFrame, prealign: bool = False,
             forward, backward, error = aligned
     if log.isEnabledFor(logging.DEBUG):
         log.debug("flow %dx%d at %dx%d: median |F| %.2f px, median error %.2f px",
-                  w, h, t_luma.shape[1], t_luma.shape[0], float(np.median(np.linalg.norm(forward, axis=2))),
+                  w, h, target.luma.shape[1], target.luma.shape[0], float(np.median(np.linalg.norm(forward, axis=2))),
                   float(np.median(error)))
     return forward.astype(np.float32), error

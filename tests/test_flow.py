@@ -1,5 +1,7 @@
 """core.flow: DIS flow on a known shift, completion inside masks, consistency error."""
 
+import logging
+
 import cv2
 import numpy as np
 import pytest
@@ -197,7 +199,7 @@ def _zoom_views(h=200, w=260):
     return view(1.0, 0.0), view(1.25, 10.0)
 
 
-def test_a_pairs_prealignment_is_found_once_for_both_ways(monkeypatch):
+def test_a_pairs_prealignment_is_found_once_for_both_ways(monkeypatch, caplog):
     """Two tagged frames far apart (a zoom and a roll): the first way round (the lower tag
     first) is exactly the uncached flow; the other way round takes its homography and its
     pre-aligned flows swapped (no second homography, no second DIS), and still follows the
@@ -222,7 +224,9 @@ def test_a_pairs_prealignment_is_found_once_for_both_ways(monkeypatch):
                   target_mask=mask_a, key_mask=mask_b, prealign=True)
     assert np.array_equal(ab[0], want[0]) and np.array_equal(ab[1], want[1])
     assert calls.count("_prealigned_dis") == 2   # the cached pair, then flow()'s own
-    ba = F.flow_between(b, a, prealign=True, dis_cache=cache)
+    with caplog.at_level(logging.DEBUG, logger=F.__name__):   # the debug line names the sizes
+        ba = F.flow_between(b, a, prealign=True, dis_cache=cache)
+    assert any("flow 260x200 at" in r.getMessage() for r in caplog.records)
     assert calls.count("_homography") == 2 and calls.count("_prealigned_dis") == 2
     assert {k[0] for k in cache if len(k) == 3} == {"homography", "prealigned"}
     # b -> a follows the scene where a is not masked: b's pixels land on a's.
