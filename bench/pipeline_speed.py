@@ -470,9 +470,7 @@ def _real_child(spec: dict) -> None:
     engine = create_engine(settings.backend, settings.model, settings.device, settings.threads)
     load = time.perf_counter() - t0
     timers = _instrument(engine)
-    events = []
-
-    setup = {}
+    events, setup = [], {}
 
     def progress(ev):
         if isinstance(ev, SetupEvent):

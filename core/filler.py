@@ -190,9 +190,12 @@ class ShotCaches:
         # frame -> (work RGB, hole zeroed; hole; FlowFrame)
         self.plates = SharedLRU(n * (2 * len(SOURCE_OFFSETS) + 2) + ahead)
         # DIS flows both ways between two plate frames, completed in the holes: frame t's
-        # pair with t+1 serves t+1's with t; with pre-alignment, also each pair's homography
-        # and pre-aligned flows (core.flow._aligned), shared the same way.
-        self.pairs = SharedLRU((n + ahead) * 2 * settings.max_sources * (3 if settings.prealign else 1))
+        # pair with t+1 serves t+1's with t.
+        self.pairs = SharedLRU((n + ahead) * 2 * settings.max_sources)
+        # The pre-alignments of those pairs (core.flow._aligned: a homography, or None where
+        # the frames need none, and the pre-aligned flows where a target takes them), shared
+        # the same way; most pairs need none, and few take the flows.
+        self.aligned = SharedLRU((n + ahead) * 2 * settings.max_sources)
         self.flows = FlowsByTarget()   # target tag -> source key -> (flow, error), while in work
 
 
@@ -219,6 +222,7 @@ class ShotFiller:
         self._plate = shared.plates                            # frame -> (work RGB with hole zeroed, hole, FlowFrame)
         self._encoded = LRU(max(4, settings.max_sources + 2))  # frame -> engine handle
         self._dis = shared.pairs                               # (tag, tag) -> raw DIS pair, completed
+        self._aligned = shared.aligned                         # (name, tag, tag) -> pre-alignment
         self._flows = shared.flows                             # target tag -> source key -> (flow, error)
         self.last_labels: Optional[np.ndarray] = None          # the last fill's source labels (working size)
         self._previous: Optional[tuple] = None                 # (frame, its fill composed at working size)
@@ -281,7 +285,8 @@ class ShotFiller:
         """flow_between target -> source, made once while the target is in work (tagged
         target; ``source_key``, default the source's tag, names the source)."""
         source_key = source.tag if source_key is None else source_key
-        compute = lambda: flowlib.flow_between(target, source, self.settings.prealign, self._dis)  # noqa: E731
+        compute = lambda: flowlib.flow_between(target, source, self.settings.prealign, self._dis,  # noqa: E731
+                                               self._aligned)
         if target.tag is None or source_key is None:
             return compute()
         return self._flows.get_or(target.tag, source_key, compute)

@@ -558,9 +558,9 @@ def flow(target: np.ndarray, key: np.ndarray,
 
 
 def flow_between(target: FlowFrame, key: FlowFrame, prealign: bool = False,
-                 dis_cache=None) -> tuple[np.ndarray, np.ndarray]:
+                 dis_cache=None, aligned_cache=None) -> tuple[np.ndarray, np.ndarray]:
     """:func:`flow` on prepared frames (same size and working size); ``dis_cache``: see
-    :func:`_plain_pair`."""
+    :func:`_plain_pair`; ``aligned_cache`` (default ``dis_cache``): see :func:`_aligned`."""
     if key.size != target.size or key.luma.shape != target.luma.shape:
         raise ValueError(f"key is {key.size[1]}x{key.size[0]}, target is {target.size[1]}x{target.size[0]}")
     h, w = target.size
@@ -569,7 +569,8 @@ def flow_between(target: FlowFrame, key: FlowFrame, prealign: bool = False,
         known = target.known
         plain = float(np.mean(np.minimum(error[known], 20))) if known.any() else 0.0
         # DIS alone is right where it is consistent: pre-align only where it is not.
-        aligned = _aligned(target, key, forward, error, known, dis_cache) if plain > _PREALIGN_ABOVE_PX else None
+        aligned = _aligned(target, key, forward, error, known, dis_cache if aligned_cache is None else aligned_cache) \
+            if plain > _PREALIGN_ABOVE_PX else None
         # Pre-aligned flow where it is the more consistent of the two outside the holes
         # (one homography fits a camera move, not always a scene of several depths).
         if aligned is not None and np.mean(np.minimum(aligned[2][known], 20)) < plain:
