@@ -72,3 +72,21 @@ def test_a_hanging_run_is_killed_with_its_children(tmp_path, monkeypatch):
         time.sleep(0.1)
     else:
         pytest.fail("the run's child process survived the timeout")
+
+
+def test_a_line_shares_only_a_dev_environment(tmp_path):
+    """A line's environment takes keyprop, torch and pytest from a dev environment (one with
+    some bpy, pytest and torch installed), not from a runtime-only one."""
+    tool = _tool()
+    site = tmp_path / "lib" / "python3.11" / "site-packages"
+    site.mkdir(parents=True)
+    python = tmp_path / "bin" / "python"
+    python.parent.mkdir()
+    python.touch()
+    assert tool.site_packages(python) == site
+    for name in ("torch-2.13.0", "pytest-9.2.0"):
+        (site / f"{name}.dist-info").mkdir()
+    assert not tool.can_share(python)  # no bpy: its dependencies may be missing
+    (site / "bpy-5.0.1.dist-info").mkdir()
+    assert tool.can_share(python)
+    assert not tool.can_share(tmp_path / "nowhere" / "bin" / "python")

@@ -8,9 +8,11 @@
 The extension claims Blender 4.2 LTS to 5.0, and the bpy API moved in between (5.0 replaced
 ``scene.node_tree`` by ``scene.compositing_node_group``; 4.x wires a default compositor).
 Only running the tests inside each Blender shows that the claim holds, so each version gets
-its own virtual environment: keyprop (editable, with its runtime packages, torch pinned like
-install.py does) plus that version's bpy wheel and pytest. bpy wheels exist for one CPython
-each (3.11 for 4.2 to 5.0) and need numpy < 2, which keyprop's own pins already give.
+its own virtual environment with that version's bpy wheel. Everything else (keyprop, its
+runtime packages, pytest) comes from the dev environment .venv when there is one (a .pth
+file adds its site-packages after the line's own), else from a full install of its own.
+bpy wheels exist for one CPython each (3.11 for 4.2 to 5.0) and need numpy < 2, which
+keyprop's own pins already give.
 
 Each test run is one `pytest tests/test_blender.py` in the version's Python with a wall-clock
 limit that kills the whole process group: a Blender child that hangs (bpy 4.5 does at exit
@@ -31,6 +33,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 ENVS = ROOT / ".venv-blender"
+SHARED = ROOT / ".venv"  # the dev environment the lines share packages with
+SHARED_PTH = "keyprop_dev_env.pth"
 
 # The newest release of each line on PyPI when this was written; pinned so that a CI run
 # tests what the last one tested (raise them on purpose, with a run of the matrix).
@@ -50,15 +54,35 @@ def env_dir(version: str) -> Path:
     return ENVS / version
 
 
+def site_packages(python: Path):
+    """The site-packages folder of the environment whose Python this is (None if there is none)."""
+    env = python.parent.parent
+    found = list(env.glob("lib/python3*/site-packages")) + list(env.glob("Lib/site-packages"))
+    return found[0] if found else None
+
+
 def has_bpy(python: Path, wheel: str) -> bool:
     """Whether the environment already holds this bpy release (checked without starting Blender)."""
-    site = list(python.parent.parent.glob("lib/python3*/site-packages")) + \
-        list(python.parent.parent.glob("Lib/site-packages"))
-    return any((s / f"bpy-{wheel}.dist-info").is_dir() for s in site)
+    site = site_packages(python)
+    return site is not None and (site / f"bpy-{wheel}.dist-info").is_dir()
+
+
+def can_share(python: Path) -> bool:
+    """Whether an environment holds what the Blender tests need besides bpy: keyprop's runtime
+    packages, pytest and bpy's own dependencies, which a dev environment (install.py --dev, any
+    bpy) has."""
+    site = site_packages(python) if python.exists() else None
+    return site is not None and all(any(site.glob(f"{name}-*.dist-info")) for name in ("bpy", "pytest", "torch"))
 
 
 def make(version: str) -> Path:
-    """The environment of one Blender line ("4.2"), made or brought to its pinned bpy; its Python."""
+    """The environment of one Blender line ("4.2"), made or brought to its pinned bpy; its Python.
+
+    With a dev environment (.venv, install.py --dev) beside it, the line's environment holds
+    only its bpy and reaches everything else (keyprop, torch, onnxruntime, opencv, pytest)
+    through a .pth file that adds the dev environment's site-packages after its own: its bpy
+    comes first. That saves about 1.2 GB a line (CI's disk ran out with three full copies).
+    Without one it gets its own full install."""
     install = _install_module()
     wheel = VERSIONS[version]
     where = env_dir(version)
@@ -69,8 +93,16 @@ def make(version: str) -> Path:
     if not python.exists():
         print(f"blender_envs: creating {where.relative_to(ROOT)} for Blender {wheel}", flush=True)
         venv.EnvBuilder(with_pip=True).create(where)
-    install.pip(python, "-q", install.TORCH_PIN)
-    install.pip(python, "-q", "-e", str(ROOT), f"bpy=={wheel}", "pytest>=7")
+    dev = install.venv_python(SHARED)
+    if can_share(dev):
+        # bpy alone, before the .pth exists: pip sees only this environment
+        install.pip(python, "-q", "--no-deps", "--no-cache-dir", f"bpy=={wheel}")
+        (site_packages(python) / SHARED_PTH).write_text(
+            f"import site; site.addsitedir({str(site_packages(dev))!r})\n")
+        print(f"blender_envs: {where.relative_to(ROOT)} shares {SHARED.relative_to(ROOT)}'s packages", flush=True)
+    else:
+        install.pip(python, "-q", "--no-cache-dir", install.TORCH_PIN)
+        install.pip(python, "-q", "--no-cache-dir", "-e", str(ROOT), f"bpy=={wheel}", "pytest>=7")
     return python
 
 
