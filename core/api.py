@@ -327,18 +327,21 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
                 ahead.help(filler, pixels, mask, k)
             return filler.fill(pixels, mask, key_plan(k), source_candidates(k, plate_with_masks), k)
 
+        def fill_before(filler, loader, frame):
+            """A run starting inside a temporal window (a chunk, a resumed run, a window handed
+            to a worker) first fills the frames before ``frame`` in its window (not written):
+            their fills are carried to it as they are in a full run."""
+            if settings.temporal and filler.previous_frame != frame - 1:
+                for earlier in chain(frame, is_filled):
+                    fill_one(filler, loader, earlier)
+
         def fill_frame(filler, loader, frame, ahead=None):
             """One frame that is not a keyframe: (status, plate Frame, filled ROI or None)."""
             plate, mask = loader.load(frame)
             if filler is None or not (mask > 0).any():
                 log.info("frame %d: empty mask, plate passed through", frame)
                 return "passthrough", plate, None
-            if settings.temporal and filler.previous_frame != frame - 1:
-                # A run starting inside a temporal window (a chunk, a resumed run, a window
-                # handed to a worker) first fills the frames before this one in its window
-                # (not written): their fills are carried to this one as they are in a full run.
-                for earlier in chain(frame, is_filled):
-                    fill_one(filler, loader, earlier)
+            fill_before(filler, loader, frame)
             status = "filled" if key_plan(frame) or source_candidates(frame, plate_with_masks) else "inpainted"
             if status == "inpainted":
                 log.warning("frame %d: no keyframe and no other frame: filled from its own context", frame)
@@ -381,9 +384,7 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
             ahead_flows.start(frame)
             ahead_flows.submit(frame)
             try:
-                if settings.temporal and filler.previous_frame != frame - 1:
-                    for earlier in chain(frame, is_filled):
-                        fill_one(filler, loader, earlier)
+                fill_before(filler, loader, frame)
                 pixels, mask = loader.source(frame)
                 ahead_flows.help(filler, pixels, mask, frame)
                 filler.find_flows(pixels, mask, key_plan(frame), source_candidates(frame, plate_with_masks), frame,
