@@ -308,7 +308,7 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
                 return None, loader
             return ShotFiller(engine, roi, settings, linear,
                               key_loader=key_crop,
-                              source_loader=loader.candidate, shared=shared), loader
+                              source_loader=loader.candidate, shared=shared, source_frames=plate_with_masks), loader
 
         def key_crop(k):
             """Keyframe ``k``'s ROI crop (read when ShotCaches prepares it: once for every thread)."""
@@ -964,9 +964,9 @@ def fill_frames(frames: Sequence[np.ndarray], masks: Sequence[np.ndarray], key_i
         return [f.copy() for f in frames]
     roi = shot_roi(bbox, size, settings, engine.stride)
     # Frame numbers (``first`` + index) for everything the pipeline decides by frame.
-    filler = ShotFiller(engine, roi, settings, linear, key_loader=lambda k: frames[k - first],
-                        source_loader=lambda k: (frames[k - first], masks[k - first]))
     everything = set(range(first, first + len(frames)))
+    filler = ShotFiller(engine, roi, settings, linear, key_loader=lambda k: frames[k - first],
+                        source_loader=lambda k: (frames[k - first], masks[k - first]), source_frames=everything)
     keys = [first + k for k in keys]
     out = []
     for i, (pixels, mask) in enumerate(zip(frames, masks)):

@@ -21,7 +21,7 @@ import logging
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Container, Dict, List, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -207,14 +207,18 @@ class ShotFiller:
     ``linear`` says whether pixel values are scene-linear (converted to display for the
     network). Loaders may return full frames or their ROI crops (an ROI-sized array is
     taken as a crop), and :meth:`fill` takes either too: a crop in, the filled crop out.
+    ``source_frames``: the plate frames the source loader serves; with it, a flow to an
+    adjacent plate frame takes that frame's own motion deep in the target's hole
+    (:meth:`_extrapolated`).
     """
 
     def __init__(self, engine, roi: ROI, settings: Settings, linear: bool,
                  key_loader: Callable[[int], np.ndarray],
                  source_loader: Optional[Callable[[int], tuple]] = None,
-                 shared: Optional[ShotCaches] = None):
+                 shared: Optional[ShotCaches] = None, source_frames: Optional[Container[int]] = None):
         self.engine, self.roi, self.settings, self.linear = engine, roi, settings, linear
         self.key_loader, self.source_loader = key_loader, source_loader
+        self.source_frames = source_frames   # plate frames the source loader serves (None: not known)
         # ``shared``: the caches of every filler of the shot (default: this one's own)
         shared = shared if shared is not None else ShotCaches(settings)
         self._keys = shared.keys                               # keyframe -> (work RGB, ROI RGB, FlowFrame)
@@ -285,11 +289,28 @@ class ShotFiller:
         """flow_between target -> source, made once while the target is in work (tagged
         target; ``source_key``, default the source's tag, names the source)."""
         source_key = source.tag if source_key is None else source_key
-        compute = lambda: flowlib.flow_between(target, source, self.settings.prealign, self._dis,  # noqa: E731
-                                               self._aligned)
+        def compute():
+            f, e = flowlib.flow_between(target, source, self.settings.prealign, self._dis, self._aligned)
+            return self._extrapolated(target, source, f), e
+
         if target.tag is None or source_key is None:
             return compute()
         return self._flows.get_or(target.tag, source_key, compute)
+
+    def _extrapolated(self, target: flowlib.FlowFrame, source: flowlib.FlowFrame, forward: np.ndarray):
+        """``forward`` from plate frame t to plate frame s = t +- 1, deep in t's hole taking the
+        motion from s to the frame beyond it (2s - t) where s shows it (flow.extrapolate);
+        unchanged for other pairs, or without that frame among ``source_frames``."""
+        tags = (target.tag, source.tag)
+        if self.source_frames is None or not all(isinstance(t, tuple) and t[0] == "plate" for t in tags):
+            return forward
+        t, s = target.tag[1], source.tag[1]
+        beyond = 2 * s - t
+        if abs(s - t) != 1 or beyond not in self.source_frames:
+            return forward
+        further, error = flowlib.flow_between(source, self.plate_frame(beyond)[2], self.settings.prealign,
+                                              self._dis, self._aligned)
+        return flowlib.extrapolate(forward, further, error, self.plate_frame(t)[1], self.plate_frame(s)[1])
 
     def find_flows(self, pixels: np.ndarray, mask: np.ndarray, key_frames: Sequence[int],
                    source_candidates: Sequence[int], frame: int, carried: bool) -> None:

@@ -75,6 +75,16 @@ _PREALIGN_ABOVE_PX = 0.5
 _EXPLAINED_PX = 0.5
 _EXPLAINED_SHARE = 0.02
 
+# flow.extrapolate: hole pixels from this deep (working pixels), fully this much further,
+# take an adjacent source's own motion where it differs from the surroundings' by more than
+# EXTRAPOLATE_AGREE_PX (fully 1 px more) and was found (consistency error under
+# EXTRAPOLATE_MAX_ERROR_PX); fixed-point steps.
+EXTRAPOLATE_DEPTH_PX = 6.0
+EXTRAPOLATE_MAX_ERROR_PX = 4.0
+EXTRAPOLATE_RAMP_PX = 4.0
+EXTRAPOLATE_AGREE_PX = 0.5
+EXTRAPOLATE_STEPS = 3
+
 _helper = None
 _helper_lock = threading.Lock()
 
@@ -179,6 +189,55 @@ def complete_flow(flow: np.ndarray, valid: np.ndarray) -> np.ndarray:
         residual = (flow - base) * weight[:, :, None]
         filled = base + _push_pull(residual, weight)
     return np.where(valid[:, :, None], flow, filled).astype(np.float32)
+
+
+def extrapolate(forward: np.ndarray, beyond: np.ndarray, beyond_error: np.ndarray,
+                target_hole: np.ndarray, source_hole: np.ndarray) -> np.ndarray:
+    """``forward`` (target -> an adjacent source, completed in the target's hole) with the
+    source's own motion deep inside the hole where that motion says otherwise: (h, w, 2).
+
+    Inside the target's hole no pixel can be matched, so :func:`complete_flow` carries the
+    motion of the hole's surroundings in. Where the hole hides something that moves unlike
+    them (the edge of a walking man behind a passing occluder) that motion is wrong, and the
+    warped source shows the background where the man is. The source frame shows that
+    content, and ``beyond`` (source -> the frame one step further the same way, found where
+    both frames show it; ``beyond_error`` its consistency error) says how it moves: at
+    constant motion it moved from the target to the source as it moves on, ``forward(p) =
+    beyond(p + forward(p))``, solved by EXTRAPOLATE_STEPS fixed-point steps from
+    ``forward``. It is taken:
+
+    * deep in the hole: from EXTRAPOLATE_DEPTH_PX working pixels in, fully EXTRAPOLATE_RAMP_PX
+      further (near the border the surroundings predict the motion better; a thin wire's
+      hole is all border);
+    * where the source shows the pixel (outside its own hole, inside its frame) and its
+      motion beyond was found (consistency error under EXTRAPOLATE_MAX_ERROR_PX; not where
+      the content leaves the frame beyond);
+    * where the two disagree: from EXTRAPOLATE_AGREE_PX apart, fully 1 px further. Where the
+      surroundings' motion is right (a camera move) the measured one only adds its noise.
+
+    ``bench/real_quality.py`` (PSNR keys / no keys): 27.33 / 25.26 -> 27.81 / 25.57 dB,
+    bikes_walker +1.6 / +1.0, bbb_walker +1.2 / +0.8, the wires and 176x144 clips within
+    0.05; flicker 0.81 / 1.03 -> 0.70 / 0.92. ``bench/quality.py`` (synthetic): 37.50 ->
+    37.48, every shot within 0.12. Without the agreement test large_motion lost 2.4 dB;
+    from the hole's border on (depth 0), bikes_wire lost 0.45; without the error test,
+    content leaving the frame beyond (tests/test_fusion.py's pan) took a wrong motion.
+    """
+    depth = cv2.distanceTransform((target_hole > 0).astype(np.uint8), cv2.DIST_L2, 5)
+    deep = np.clip((depth - EXTRAPOLATE_DEPTH_PX) / EXTRAPOLATE_RAMP_PX, 0.0, 1.0)
+    if not (deep > 0).any():
+        return forward
+    grid = _grid(*forward.shape[:2])
+    shown = ((source_hole <= 0) & (beyond_error < EXTRAPOLATE_MAX_ERROR_PX)).astype(np.float32)
+    out = forward
+    for _ in range(EXTRAPOLATE_STEPS):
+        at = grid + out
+        moved = cv2.remap(beyond, at[:, :, 0], at[:, :, 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        seen = cv2.remap(shown, at[:, :, 0], at[:, :, 1], cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_CONSTANT, borderValue=0.0) >= 1.0
+        change = moved - forward
+        apart = np.clip(np.sqrt((change * change).sum(axis=2)) - EXTRAPOLATE_AGREE_PX, 0.0, 1.0)
+        out = forward + (np.where(seen, deep, 0.0) * apart)[:, :, None] * change
+    return out.astype(np.float32)
 
 
 def _affine_base(flow: np.ndarray, valid: np.ndarray) -> np.ndarray | None:

@@ -311,3 +311,50 @@ def test_affine_base_reproduces_an_affine_motion_from_the_ring():
     flow = np.dstack([0.03 * (gx - 100) + 2.0, 0.03 * (gy - 60) - 1.0]).astype(np.float32)
     base = F._affine_base(np.where(valid[:, :, None], flow, 0.0).astype(np.float32), valid)
     np.testing.assert_allclose(base, flow, atol=1e-3)
+
+
+def _box_hole(h, w, y0, y1, x0, x1):
+    hole = np.zeros((h, w), np.float32)
+    hole[y0:y1, x0:x1] = 1
+    return hole
+
+
+def test_extrapolate_takes_the_sources_motion_deep_in_the_hole():
+    """The surroundings move 1 px right; what the hole hides moves 5 px (the source's own
+    flow to the frame beyond says so where it shows it): deep in the hole the flow becomes
+    5 px, near its border (under EXTRAPOLATE_DEPTH_PX) it stays the surroundings' 1 px, and
+    where the source's own hole hides the content it stays too."""
+    h, w = 120, 160
+    forward = np.zeros((h, w, 2), np.float32)
+    forward[..., 0] = 1.0
+    beyond = np.zeros((h, w, 2), np.float32)
+    beyond[30:90, 40:120, 0] = 5.0            # the hidden thing's motion, seen in the source
+    beyond[~(beyond[..., 0] > 0)] = (1.0, 0.0)
+    target_hole = _box_hole(h, w, 30, 90, 40, 120)
+    source_hole = _box_hole(h, w, 30, 90, 100, 140)   # hides the right end of what the target's hole needs
+    error = np.zeros((h, w), np.float32)
+    error[30:90, 60:70] = F.OUT_OF_FRAME_ERROR      # leaves the frame beyond: not found there
+    out = F.extrapolate(forward, beyond, error, target_hole, source_hole)
+    assert out.dtype == np.float32 and out.shape == forward.shape
+    deep = (slice(45, 75), slice(75, 94))
+    np.testing.assert_allclose(out[deep], np.broadcast_to([5.0, 0.0], out[deep].shape), atol=1e-5)
+    np.testing.assert_array_equal(out[30:33, 40:120], forward[30:33, 40:120])   # the border band
+    np.testing.assert_array_equal(out[:30], forward[:30])                        # outside the hole
+    np.testing.assert_array_equal(out[45:75, 100:110], forward[45:75, 100:110])  # lands in the source's hole
+    np.testing.assert_array_equal(out[45:75, 60:65], forward[45:75, 60:65])      # lands where it was not found
+
+
+def test_extrapolate_keeps_the_surroundings_motion_where_the_two_agree():
+    """A camera move: the source's measured motion differs from the completed one by noise
+    (under EXTRAPOLATE_AGREE_PX) and the completed flow stays exactly as it was."""
+    h, w = 100, 120
+    rng = np.random.default_rng(0)
+    forward = np.dstack([np.full((h, w), 2.0), np.full((h, w), -1.0)]).astype(np.float32)
+    beyond = forward + rng.uniform(-0.3, 0.3, forward.shape).astype(np.float32)
+    hole = _box_hole(h, w, 20, 80, 20, 100)
+    none = np.zeros((h, w), np.float32)
+    out = F.extrapolate(forward, beyond, none, hole, none)
+    np.testing.assert_array_equal(out, forward)
+    # No pixel deep enough: the same array back.
+    thin = _box_hole(h, w, 50, 58, 10, 110)
+    assert F.extrapolate(forward, beyond + 5, none, thin, none) is forward

@@ -538,6 +538,49 @@ def test_warp_over_part_of_the_image_is_that_part_of_the_whole_warp():
     assert np.array_equal(part, whole[10:50, 23:70])
 
 
+def test_a_flow_to_an_adjacent_plate_frame_takes_its_own_motion(engine, monkeypatch):
+    """Flows between plate frames t and t +- 1 go through flow.extrapolate with the source's
+    flow to the frame beyond it (2s - t), when the filler knows that frame is there; other
+    pairs (a frame two away, a keyframe, the frame beyond missing) keep the completed flow."""
+    from keyprop.core import flow as flowlib
+    from keyprop.core.api import ShotFiller
+    from keyprop.core.roi import plan_roi
+
+    calls = []
+    real = flowlib.extrapolate
+
+    def spy(forward, beyond, beyond_error, target_hole, source_hole):
+        calls.append((forward.shape, beyond.shape))
+        return real(forward, beyond, beyond_error, target_hole, source_hole)
+
+    monkeypatch.setattr(flowlib, "extrapolate", spy)
+    frames, masks = zip(*[(scene(i)[0], scene(i)[2]) for i in range(6)])
+    roi = plan_roi((0, 0, H, W), (H, W), 640, engine.stride)
+
+    def filler(source_frames):
+        return ShotFiller(engine, roi, Settings(), False, key_loader=lambda k: frames[k],
+                          source_loader=lambda k: (frames[k], masks[k]), source_frames=source_frames)
+
+    known = filler(set(range(6)))
+    target = known.plate_frame(2)[2]
+    forward, _ = known._flow(target, known.plate_frame(3)[2])      # beyond: frame 4
+    assert len(calls) == 1 and calls[0][0] == forward.shape
+    known._flow(target, known.plate_frame(1)[2])                   # beyond: frame 0
+    assert len(calls) == 2
+    known._flow(target, known.plate_frame(4)[2])                   # two frames away
+    known._flow(target, known.keyframe(0)[2], ("key", 0))          # a keyframe
+    known._flow(known.plate_frame(5)[2], known.plate_frame(4)[2])  # beyond: frame 3, there
+    assert len(calls) == 3
+    known._flow(known.plate_frame(4)[2], known.plate_frame(5)[2])  # beyond: frame 6, missing
+    assert len(calls) == 3
+    unknown = filler(None)
+    plain, _ = unknown._flow(unknown.plate_frame(2)[2], unknown.plate_frame(3)[2])
+    assert len(calls) == 3
+    # What it changes, it changes inside the target's hole only.
+    hole = known.plate_frame(2)[1] > 0
+    np.testing.assert_array_equal(forward[~hole], plain[~hole])
+
+
 def test_caches_stay_bounded_over_a_long_shot(engine):
     """The DIS pairs and prepared frames a filler keeps do not grow with the number of frames."""
     from keyprop.core.api import ShotFiller, source_candidates
