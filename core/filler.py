@@ -308,9 +308,9 @@ class ShotFiller:
         beyond = 2 * s - t
         if abs(s - t) != 1 or beyond not in self.source_frames:
             return forward
-        further, error = flowlib.flow_between(source, self.plate_frame(beyond)[2], self.settings.prealign,
-                                              self._dis, self._aligned)
-        return flowlib.extrapolate(forward, further, error, self.plate_frame(t)[1], self.plate_frame(s)[1])
+        further = lambda: flowlib.flow_between(source, self.plate_frame(beyond)[2],  # noqa: E731
+                                               self.settings.prealign, self._dis, self._aligned)
+        return flowlib.extrapolate(forward, further, self.plate_frame(t)[1], self.plate_frame(s)[1])
 
     def find_flows(self, pixels: np.ndarray, mask: np.ndarray, key_frames: Sequence[int],
                    source_candidates: Sequence[int], frame: int, carried: bool) -> None:

@@ -41,12 +41,13 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 import cv2
 import numpy as np
 
-__all__ = ["flow", "flow_between", "FlowFrame", "warp", "complete_flow", "consistency_error", "DEFAULT_WORK_SIZE",
-           "OUT_OF_FRAME_ERROR"]
+__all__ = ["flow", "flow_between", "FlowFrame", "warp", "complete_flow", "extrapolate", "consistency_error",
+           "DEFAULT_WORK_SIZE", "OUT_OF_FRAME_ERROR"]
 
 log = logging.getLogger(__name__)
 
@@ -191,8 +192,8 @@ def complete_flow(flow: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return np.where(valid[:, :, None], flow, filled).astype(np.float32)
 
 
-def extrapolate(forward: np.ndarray, beyond: np.ndarray, beyond_error: np.ndarray,
-                target_hole: np.ndarray, source_hole: np.ndarray) -> np.ndarray:
+def extrapolate(forward: np.ndarray, beyond_flow: Callable[[], tuple], target_hole: np.ndarray,
+                source_hole: np.ndarray) -> np.ndarray:
     """``forward`` (target -> an adjacent source, completed in the target's hole) with the
     source's own motion deep inside the hole where that motion says otherwise: (h, w, 2).
 
@@ -200,8 +201,9 @@ def extrapolate(forward: np.ndarray, beyond: np.ndarray, beyond_error: np.ndarra
     motion of the hole's surroundings in. Where the hole hides something that moves unlike
     them (the edge of a walking man behind a passing occluder) that motion is wrong, and the
     warped source shows the background where the man is. The source frame shows that
-    content, and ``beyond`` (source -> the frame one step further the same way, found where
-    both frames show it; ``beyond_error`` its consistency error) says how it moves: at
+    content, and ``beyond_flow() -> (beyond, error)`` (source -> the frame one step further
+    the same way, found where both frames show it, and its consistency error; called only
+    when some hole pixel is deep enough) says how it moves: at
     constant motion it moved from the target to the source as it moves on, ``forward(p) =
     beyond(p + forward(p))``, solved by EXTRAPOLATE_STEPS fixed-point steps from
     ``forward``. It is taken:
@@ -226,6 +228,7 @@ def extrapolate(forward: np.ndarray, beyond: np.ndarray, beyond_error: np.ndarra
     deep = np.clip((depth - EXTRAPOLATE_DEPTH_PX) / EXTRAPOLATE_RAMP_PX, 0.0, 1.0)
     if not (deep > 0).any():
         return forward
+    beyond, beyond_error = beyond_flow()
     grid = _grid(*forward.shape[:2])
     shown = ((source_hole <= 0) & (beyond_error < EXTRAPOLATE_MAX_ERROR_PX)).astype(np.float32)
     out = forward

@@ -334,7 +334,7 @@ def test_extrapolate_takes_the_sources_motion_deep_in_the_hole():
     source_hole = _box_hole(h, w, 30, 90, 100, 140)   # hides the right end of what the target's hole needs
     error = np.zeros((h, w), np.float32)
     error[30:90, 60:70] = F.OUT_OF_FRAME_ERROR      # leaves the frame beyond: not found there
-    out = F.extrapolate(forward, beyond, error, target_hole, source_hole)
+    out = F.extrapolate(forward, lambda: (beyond, error), target_hole, source_hole)
     assert out.dtype == np.float32 and out.shape == forward.shape
     deep = (slice(45, 75), slice(75, 94))
     np.testing.assert_allclose(out[deep], np.broadcast_to([5.0, 0.0], out[deep].shape), atol=1e-5)
@@ -353,8 +353,8 @@ def test_extrapolate_keeps_the_surroundings_motion_where_the_two_agree():
     beyond = forward + rng.uniform(-0.3, 0.3, forward.shape).astype(np.float32)
     hole = _box_hole(h, w, 20, 80, 20, 100)
     none = np.zeros((h, w), np.float32)
-    out = F.extrapolate(forward, beyond, none, hole, none)
+    out = F.extrapolate(forward, lambda: (beyond, none), hole, none)
     np.testing.assert_array_equal(out, forward)
-    # No pixel deep enough: the same array back.
+    # No pixel deep enough (a wire): the same array back, the flow beyond never found.
     thin = _box_hole(h, w, 50, 58, 10, 110)
-    assert F.extrapolate(forward, beyond + 5, none, thin, none) is forward
+    assert F.extrapolate(forward, lambda: pytest.fail("found the flow beyond for nothing"), thin, none) is forward
