@@ -177,9 +177,9 @@ class FlowsByTarget:
 class ShotCaches:
     """What the fillers of one shot's threads share, each value made once for all of them:
     keyframes prepared (crop converted and resized, FlowFrame, its ORB features once found),
-    plate frames prepared as sources and targets, and the raw DIS flows between two plate
+    plate frames prepared as sources and targets, the raw DIS flows between two plate
     frames (both directions; where two windows meet, the pair at their border is flowed once,
-    not by each). ``fillers``: how many fillers fill frames apart (windows side by side);
+    not by each), and the flows between adjacent plate frames. ``fillers``: how many fillers fill frames apart (windows side by side);
     ``ahead``: how many lookahead threads find flows for the frames after a filler's (they
     work among its frames: they add their frames in work, not another span of sources). The
     sizes grow with them; they do not grow with the shot's length."""
@@ -196,6 +196,9 @@ class ShotCaches:
         # the frames need none, and the pre-aligned flows where a target takes them), shared
         # the same way; most pairs need none, and few take the flows.
         self.aligned = SharedLRU((n + ahead) * 2 * settings.max_sources)
+        # Flows between adjacent plate frames as flow_between finds them, before
+        # ShotFiller._extrapolated: t -> t+1 is also the flow beyond for t-1 -> t.
+        self.adjacent = SharedLRU((n + ahead) * 4)
         self.flows = FlowsByTarget()   # target tag -> source key -> (flow, error), while in work
 
 
@@ -227,6 +230,7 @@ class ShotFiller:
         self._encoded = LRU(max(4, settings.max_sources + 2))  # frame -> engine handle
         self._dis = shared.pairs                               # (tag, tag) -> raw DIS pair, completed
         self._aligned = shared.aligned                         # (name, tag, tag) -> pre-alignment
+        self._adjacent = shared.adjacent                       # (tag, tag) -> flow_between of adjacent plate frames
         self._flows = shared.flows                             # target tag -> source key -> (flow, error)
         self.last_labels: Optional[np.ndarray] = None          # the last fill's source labels (working size)
         self._previous: Optional[tuple] = None                 # (frame, its fill composed at working size)
@@ -290,27 +294,41 @@ class ShotFiller:
         target; ``source_key``, default the source's tag, names the source)."""
         source_key = source.tag if source_key is None else source_key
         def compute():
-            f, e = flowlib.flow_between(target, source, self.settings.prealign, self._dis, self._aligned)
+            f, e = self._between(target, source)
             return self._extrapolated(target, source, f), e
 
         if target.tag is None or source_key is None:
             return compute()
         return self._flows.get_or(target.tag, source_key, compute)
 
+    @staticmethod
+    def _adjacent_plates(target: flowlib.FlowFrame, source: flowlib.FlowFrame):
+        """(t, s) when both are plate frames one apart, else None."""
+        tags = (target.tag, source.tag)
+        if not all(isinstance(t, tuple) and t[0] == "plate" for t in tags):
+            return None
+        t, s = target.tag[1], source.tag[1]
+        return (t, s) if abs(s - t) == 1 else None
+
+    def _between(self, target: flowlib.FlowFrame, source: flowlib.FlowFrame):
+        """flow_between target -> source; between adjacent plate frames made once in the shared
+        cache (it serves as the pair's flow and as the flow beyond for the pair before)."""
+        def make():
+            return flowlib.flow_between(target, source, self.settings.prealign, self._dis, self._aligned)
+        if self._adjacent_plates(target, source) is None:
+            return make()
+        return self._adjacent.get_or((target.tag, source.tag), make)
+
     def _extrapolated(self, target: flowlib.FlowFrame, source: flowlib.FlowFrame, forward: np.ndarray):
         """``forward`` from plate frame t to plate frame s = t +- 1, deep in t's hole taking the
         motion from s to the frame beyond it (2s - t) where s shows it (flow.extrapolate);
         unchanged for other pairs, or without that frame among ``source_frames``."""
-        tags = (target.tag, source.tag)
-        if self.source_frames is None or not all(isinstance(t, tuple) and t[0] == "plate" for t in tags):
+        pair = self._adjacent_plates(target, source)
+        if self.source_frames is None or pair is None or 2 * pair[1] - pair[0] not in self.source_frames:
             return forward
-        t, s = target.tag[1], source.tag[1]
-        beyond = 2 * s - t
-        if abs(s - t) != 1 or beyond not in self.source_frames:
-            return forward
-        further = lambda: flowlib.flow_between(source, self.plate_frame(beyond)[2],  # noqa: E731
-                                               self.settings.prealign, self._dis, self._aligned)
-        return flowlib.extrapolate(forward, further, self.plate_frame(t)[1], self.plate_frame(s)[1])
+        t, s = pair
+        return flowlib.extrapolate(forward, lambda: self._between(source, self.plate_frame(2 * s - t)[2]),
+                                   self.plate_frame(t)[1], self.plate_frame(s)[1])
 
     def find_flows(self, pixels: np.ndarray, mask: np.ndarray, key_frames: Sequence[int],
                    source_candidates: Sequence[int], frame: int, carried: bool) -> None:

@@ -593,7 +593,7 @@ def test_caches_stay_bounded_over_a_long_shot(engine):
     for i in range(24):
         filler.fill(frames[i], masks[i], [0] if i else [], source_candidates(i, set(range(24))), i)
         assert len(filler._dis) <= filler._dis.size and len(filler._plate) <= filler._plate.size
-        assert len(filler._aligned) <= filler._aligned.size
+        assert len(filler._aligned) <= filler._aligned.size and len(filler._adjacent) <= filler._adjacent.size
     # Plain pairs (tag, tag) and their pre-alignments (name, tag, tag): between plate frames only.
     assert all(tag[0] == "plate" for pair in filler._dis for tag in pair)
     assert all(tag[0] == "plate" for key in filler._aligned for tag in key[1:])
