@@ -179,10 +179,11 @@ class ShotCaches:
     keyframes prepared (crop converted and resized, FlowFrame, its ORB features once found),
     plate frames prepared as sources and targets, the raw DIS flows between two plate
     frames (both directions; where two windows meet, the pair at their border is flowed once,
-    not by each), and the flows between adjacent plate frames. ``fillers``: how many fillers fill frames apart (windows side by side);
-    ``ahead``: how many lookahead threads find flows for the frames after a filler's (they
-    work among its frames: they add their frames in work, not another span of sources). The
-    sizes grow with them; they do not grow with the shot's length."""
+    not by each), and the flows between adjacent plate frames. ``fillers``: how many fillers
+    fill frames apart (windows side by side); ``ahead``: how many lookahead threads find
+    flows for the frames after a filler's (they work among its frames: they add their
+    frames in work, not another span of sources). The sizes grow with them; they do not
+    grow with the shot's length."""
 
     def __init__(self, settings: Settings, fillers: int = 1, ahead: int = 0):
         n, ahead = max(1, int(fillers)), max(0, int(ahead))
@@ -324,10 +325,13 @@ class ShotFiller:
         motion from s to the frame beyond it (2s - t) where s shows it (flow.extrapolate);
         unchanged for other pairs, or without that frame among ``source_frames``."""
         pair = self._adjacent_plates(target, source)
-        if self.source_frames is None or pair is None or 2 * pair[1] - pair[0] not in self.source_frames:
+        if self.source_frames is None or pair is None:
             return forward
         t, s = pair
-        return flowlib.extrapolate(forward, lambda: self._between(source, self.plate_frame(2 * s - t)[2]),
+        beyond = 2 * s - t
+        if beyond not in self.source_frames:
+            return forward
+        return flowlib.extrapolate(forward, lambda: self._between(source, self.plate_frame(beyond)[2]),
                                    self.plate_frame(t)[1], self.plate_frame(s)[1])
 
     def find_flows(self, pixels: np.ndarray, mask: np.ndarray, key_frames: Sequence[int],

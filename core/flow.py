@@ -203,10 +203,9 @@ def extrapolate(forward: np.ndarray, beyond_flow: Callable[[], tuple], target_ho
     warped source shows the background where the man is. The source frame shows that
     content, and ``beyond_flow() -> (beyond, error)`` (source -> the frame one step further
     the same way, found where both frames show it, and its consistency error; called only
-    when some hole pixel is deep enough) says how it moves: at
-    constant motion it moved from the target to the source as it moves on, ``forward(p) =
-    beyond(p + forward(p))``, solved by EXTRAPOLATE_STEPS fixed-point steps from
-    ``forward``. It is taken:
+    when some hole pixel is deep enough) says how it moves: at constant motion it moved
+    from the target to the source as it moves on, ``forward(p) = beyond(p + forward(p))``,
+    solved by EXTRAPOLATE_STEPS fixed-point steps from ``forward``. It is taken:
 
     * deep in the hole: from EXTRAPOLATE_DEPTH_PX working pixels in, fully EXTRAPOLATE_RAMP_PX
       further (near the border the surroundings predict the motion better; a thin wire's
