@@ -117,6 +117,25 @@ def test_integer_scaling_is_exact_for_every_code_value():
         np.testing.assert_array_equal(back[0], codes[0, :, 0])
 
 
+@pytest.mark.parametrize("dtype", ["uint8", "uint16"])
+@pytest.mark.parametrize("shape", [(1000, 700, 3), (61, 2200, 4), (5, 3, 1)])
+def test_integer_samples_in_bands_match_the_whole_frame_formula(dtype, shape):
+    """_to_file_samples converts in bands of rows: the same samples as the formula on the
+    whole array in float64 (out of range clipped, halfway values rounded to even), every row
+    written (bands that do not divide the height, rows wider than a band)."""
+    rng = np.random.default_rng(3)
+    pixels = rng.random(shape, dtype=np.float32) * np.float32(1.4) - np.float32(0.2)
+    scale = io._INT_MAX[dtype]
+    pixels.flat[::89] = ((np.arange(pixels.size)[::89] % scale) + 0.5) / scale   # halfway codes
+    want = np.rint(np.clip(pixels.astype(np.float64), 0.0, 1.0) * scale).astype(dtype)
+    if shape[2] == 1:
+        want = want[:, :, 0]
+    else:
+        want = cv2.cvtColor(want, cv2.COLOR_RGB2BGR if shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
+    got = io._to_file_samples(pixels, dtype, "out.png")
+    assert got.dtype == np.dtype(dtype) and np.array_equal(got, want)
+
+
 def test_jpeg_reads_and_offers_lossless_output(tmp_path):
     src = tmp_path / "plate.jpg"
     _write_with_cv2(src, _random_file_samples("uint8", 3))
