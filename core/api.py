@@ -371,7 +371,8 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
         # frames' flows (their own fillers, the shared caches) while this thread fills.
         ahead_flows = _FlowsAhead(new_filler, frames, keys_set, fill_target=lambda f: not written(f),
             is_filled=is_filled, plan=key_plan, candidates=lambda k: source_candidates(k, plate_with_masks),
-            depth=lookahead if windows is None and filler is not None else 0, limit=settings.max_sources)
+            depth=lookahead if windows is None and filler is not None else 0, limit=settings.max_sources,
+            tries=lambda: shared.last_search[1])
 
         def prime(frame):
             """The setup's end, one frame after another: the run's first frame to fill made
@@ -840,53 +841,130 @@ class _WindowFills:
 LOOKAHEAD = 2
 
 
+class _Tasks:
+    """Worker threads that take, of the tasks submitted and not cancelled, the first by
+    priority whose prerequisites (``after``: futures) are done; idle while none is. A
+    frame's search waits for its likely flows this way instead of holding a thread that
+    would sit waiting on another's flow while work for the next frame is there to do."""
+
+    def __init__(self, workers: int, name: str, initializer: Callable[[], None]):
+        self._tasks: list = []   # [priority, seq, future, fn, args, after]
+        self._seq = 0
+        self._closed = False
+        self._cond = threading.Condition()
+        self._threads = [threading.Thread(target=self._work, args=(initializer,), name=f"{name}_{i}", daemon=True)
+                         for i in range(workers)]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, priority, fn, *args, after: Sequence[Future] = ()) -> Future:
+        future: Future = Future()
+        with self._cond:
+            self._tasks.append((priority, self._seq, future, fn, args, tuple(after)))
+            self._seq += 1
+            self._cond.notify()
+        for f in after:
+            f.add_done_callback(self._wake)
+        return future
+
+    def _wake(self, _future=None) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _take(self):
+        """The first ready task by priority (under the lock), or None; drops cancelled ones."""
+        self._tasks = [t for t in self._tasks if not t[2].cancelled()]
+        ready = [t for t in self._tasks if all(f.done() for f in t[5])]
+        if not ready:
+            return None
+        task = min(ready, key=lambda t: t[:2])
+        self._tasks.remove(task)
+        return task
+
+    def _work(self, initializer) -> None:
+        initializer()
+        while True:
+            with self._cond:
+                task = self._take()
+                while task is None:
+                    if self._closed:
+                        return
+                    self._cond.wait()
+                    task = self._take()
+            _, _, future, fn, args, _ = task
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args))
+                except BaseException as e:  # noqa: BLE001 - handed to whoever waits on it
+                    future.set_exception(e)
+            self._wake()
+
+    def shutdown(self) -> None:
+        """Cancel what has not begun; wait for what has."""
+        with self._cond:
+            self._closed = True
+            for task in self._tasks:
+                task[2].cancel()
+            self._tasks = []
+            self._cond.notify_all()
+        for t in self._threads:
+            t.join()
+
+
 class _FlowsAhead:
     """Lookahead for the sequential path (one frame after another, on more than one core).
 
     ``depth`` lookahead threads, each with its own ShotFiller over the shot's shared caches,
-    find the flows of the next ``depth`` frames to fill (ShotFiller.find_flows: the target
-    prepared, its flows to its keyframes, to the plate sources its search tries and to the
-    frame before) while the filling thread composes the current frame, whose fill then finds
-    its flows made. Frames are filled and written in order, so progress comes at an even
-    pace, and a window's first frame finds its flows to the frames before it made by their
-    fills (with windows side by side it made them all itself). The run's first frame has no
-    frame before it to overlap: its flows to its keyframes and first sources are found side
-    by side (:meth:`start`; a source its search then does not try is the only work done in
-    vain). The values are those the fill would make itself: the same pixels. An error here
-    is left for the frame's own fill to raise, in frame order."""
+    find the flows of the next ``depth`` frames to fill while the filling thread composes the
+    current frame, whose fill then finds its flows made. Per frame, nearest frame first
+    (:class:`_Tasks`): its likely flows one task each (ShotFiller.find_pair: to its
+    keyframes, and to the plate frames the latest search tried, ShotCaches.last_search; the
+    two nearest before any search), so the threads share the nearest frame and it is ready
+    before the next; then, once those are made, the rest of its search (find_flows). Handed
+    out a frame a thread, two frames were made ready together and were filled and written
+    in pairs (keyed bikes_wire, frames 0.2 and 0.5 s in turn); queued behind its first
+    flows, a search held its thread waiting on another's flow while the next frame's work
+    waited. Frames are filled and written in order, and a window's first frame finds its
+    flows to the frames before it made by their fills (with windows side by side it made
+    them all itself). The filling thread takes a frame's flows no thread has begun itself
+    (:meth:`help`). A guessed flow its search then does not try is the only work done in
+    vain. The values are those the fill would make itself: the same pixels. An error here is
+    left for the frame's own fill to raise, in frame order."""
 
     def __init__(self, new_filler, frames, keys, fill_target, is_filled, plan, candidates, depth: int,
-                 limit: int):
-        from concurrent.futures import ThreadPoolExecutor
-
+                 limit: int, tries=lambda: ()):
         self._frames = [f for f in frames if f not in keys]
         self._index = {f: i for i, f in enumerate(self._frames)}
         self._fill_target, self._is_filled, self._plan, self._candidates = fill_target, is_filled, plan, candidates
         self.depth, self._limit = depth, limit   # limit: sources a frame takes
+        self._tries = tries   # the offsets the latest search tried (ShotCaches.last_search)
         self._futures: Dict[object, object] = {}   # frame, or ("part", frame, source) -> Future
         self._fillers = _Fillers(new_filler)        # (filler, loader) of each lookahead thread
         self._submitted = 0
-        self._pool = ThreadPoolExecutor(max_workers=depth, thread_name_prefix="keyprop-ahead",
-                                        initializer=flowlib.directions_in_turn) if depth else None
+        self._pool = _Tasks(depth, "keyprop-ahead", flowlib.directions_in_turn) if depth else None
 
     def carried(self, k: int) -> bool:
         """Whether frame ``k``'s fill carries the frame before's (filled in the same window)."""
         return same_window(k - 1, k) and self._is_filled(k - 1)
 
     def _parts(self, k: int) -> list:
-        """Frame ``k``'s flows most likely wanted: to its keyframes, its first sources."""
-        plan = self._plan(k)
-        return [("key", j) for j in plan] + list(self._candidates(k)[:max(0, self._limit - len(plan))])
+        """Frame ``k``'s flows most likely wanted: to its keyframes, and to the plate frames at
+        the offsets the latest search tried (or, before any, its two nearest candidates)."""
+        plan, candidates = self._plan(k), self._candidates(k)
+        tried = [k + o for o in self._tries() if k + o in candidates]
+        return [("key", j) for j in plan] + (tried or list(candidates[:max(0, min(2, self._limit - len(plan)))]))
 
     def start(self, k: int) -> None:
-        """The run's first frame's (``k``) likely flows, side by side on the lookahead threads."""
+        """Frame ``k``'s likely flows, side by side on the lookahead threads (the run's first
+        frame's: :func:`propagate`'s prime)."""
         if self._pool is None:
             return
         for part in self._parts(k):
-            self._futures[("part", k, part)] = self._pool.submit(self._find, k, part)
+            self._futures[("part", k, part)] = self._pool.submit((self._index.get(k, -1), 0), self._find, k, part)
 
     def submit(self, frame: int) -> None:
-        """Queue the ``depth`` frames to fill after ``frame`` for the lookahead threads."""
+        """Queue the ``depth`` frames to fill after ``frame`` for the lookahead threads: each
+        frame's likely flows, then the rest of its search once they are made."""
         if self._pool is None or frame not in self._index:
             return
         upto = min(len(self._frames), self._index[frame] + 1 + self.depth)
@@ -895,24 +973,30 @@ class _FlowsAhead:
             k = self._frames[self._submitted]
             self._submitted += 1
             if self._fill_target(k):
-                self._futures[k] = self._pool.submit(self._find, k)
+                self.start(k)
+                parts = [f for key, f in self._futures.items() if isinstance(key, tuple) and key[1] == k]
+                self._futures[k] = self._pool.submit((self._index[k], 1), self._find, k, after=parts)
 
     def help(self, filler, pixels, mask, frame: int) -> None:
-        """On the filling thread, before ``frame``'s fill: the first frame's likely flows
-        not begun (last first, meeting the lookahead threads), then wait for the lookahead
-        of ``frame``."""
+        """On the filling thread, before ``frame``'s fill: its likely flows no lookahead
+        thread has begun (last first, meeting the lookahead threads), then wait for those
+        under way. Its search's remainder, not begun, is left to its fill."""
         if self._pool is None:
             return
         parts = [key for key in self._futures if isinstance(key, tuple) and key[1] == frame]
+        if frame in self._futures and self._futures[frame].cancel():
+            del self._futures[frame]
         if parts and mask is not None and (mask > 0).any():
-            for _, _, part in reversed(parts):
+            for key in reversed(parts):
+                if not self._futures[key].cancel():
+                    continue
                 try:
-                    filler.find_pair(frame, pixels, mask, part)
+                    filler.find_pair(frame, pixels, mask, key[2])
                 except Exception:  # noqa: BLE001 - a source the search does not try must not fail the frame
-                    log.debug("lookahead of frame %d (%s) failed", frame, part, exc_info=True)
+                    log.debug("lookahead of frame %d (%s) failed", frame, key[2], exc_info=True)
         for key in parts + [frame]:
             future = self._futures.pop(key, None)
-            if future is not None:
+            if future is not None and not future.cancelled():
                 future.exception()   # the frame's own fill raises the error, in frame order
 
     def _find(self, k: int, part=None) -> None:
@@ -934,7 +1018,7 @@ class _FlowsAhead:
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool.shutdown()
 
 
 # --- in memory ------------------------------------------------------------------------------

@@ -201,6 +201,9 @@ class ShotCaches:
         # ShotFiller._extrapolated: t -> t+1 is also the flow beyond for t-1 -> t.
         self.adjacent = SharedLRU((n + ahead) * 4)
         self.flows = FlowsByTarget()   # target tag -> source key -> (flow, error), while in work
+        # The latest search's tries: (target frame, offsets of the plate frames it flowed to,
+        # in order); the lookahead's first guess at the next targets' (core.api).
+        self.last_search = (None, ())
 
 
 class ShotFiller:
@@ -225,6 +228,7 @@ class ShotFiller:
         self.source_frames = source_frames   # plate frames the source loader serves (None: not known)
         # ``shared``: the caches of every filler of the shot (default: this one's own)
         shared = shared if shared is not None else ShotCaches(settings)
+        self.shared = shared
         self._keys = shared.keys                               # keyframe -> (work RGB, ROI RGB, FlowFrame)
         self._key_handles: Dict[int, object] = {}             # keyframe -> engine handle (when the network runs)
         self._plate = shared.plates                            # frame -> (work RGB with hole zeroed, hole, FlowFrame)
@@ -390,8 +394,24 @@ class ShotFiller:
         ys, xs = np.nonzero(hole > 0)
         if ys.size == 0 or limit <= 0:
             return []
-        chosen, covered = [], np.zeros(ys.size, bool)
+        chosen, covered, tried = [], np.zeros(ys.size, bool), []
+        try:
+            return self._search(target, hole, ys, xs, candidates, limit, chosen, covered, tried)
+        finally:
+            self._searched(target, tried)
+
+    def _searched(self, target: flowlib.FlowFrame, tried: List[int]) -> None:
+        """Note a plate target's search's tries (ShotCaches.last_search), the latest target's."""
+        if isinstance(target.tag, tuple) and target.tag[0] == "plate":
+            frame = target.tag[1]
+            latest = self.shared.last_search[0]
+            if latest is None or frame >= latest:
+                self.shared.last_search = (frame, tuple(c - frame for c in tried))
+
+    def _search(self, target, hole, ys, xs, candidates, limit, chosen, covered, tried):
+        h, w = hole.shape
         for cand in candidates:
+            tried.append(cand)
             _, src_hole, src_flow = self.plate_frame(cand)
             f, e = self._flow(target, src_flow)
             qx = np.rint(xs + f[ys, xs, 0]).astype(int)

@@ -2,6 +2,7 @@
 find the next frames' flows while the filling thread composes the current frame; the bytes
 are those of one thread doing everything (--threads 1), and what they keep is dropped."""
 import threading
+import time
 
 import pytest
 
@@ -162,3 +163,66 @@ def test_the_heap_is_trimmed_every_eighth_frame(tmp_path, engine, monkeypatch):
     shot = write_long_shot(tmp_path)
     propagate(into(shot, tmp_path / "out"), Settings(model=MODEL, threads=2), engine=engine)
     assert len(trimmed) == sum(f % api.TRIM_EVERY == 0 for f in range(FIRST, FIRST + N))
+
+
+def test_tasks_take_the_first_ready_by_priority():
+    """_Tasks: of the tasks not cancelled, the first by priority whose prerequisites are done;
+    a task waiting for one does not hold back a ready task behind it; shutdown cancels what
+    has not begun."""
+    from concurrent.futures import Future
+
+    from keyprop.core.api import _Tasks
+
+    order, gate, prerequisite = [], threading.Event(), Future()
+    tasks = _Tasks(1, "test-tasks", lambda: None)
+    try:
+        tasks.submit((0, 0), gate.wait)          # holds the one worker while the rest are queued
+        waiting = tasks.submit((1, 0), order.append, "after", after=[prerequisite])
+        late = tasks.submit((3, 0), order.append, "late")
+        cancelled = tasks.submit((1, 1), order.append, "cancelled")
+        first = tasks.submit((2, 0), order.append, "ready")
+        assert cancelled.cancel()
+        gate.set()
+        first.result(timeout=10)
+        late.result(timeout=10)
+        assert order == ["ready", "late"] and not waiting.done()
+        prerequisite.set_result(None)              # its prerequisite done: it runs
+        waiting.result(timeout=10)
+        assert order == ["ready", "late", "after"]
+        blocked = tasks.submit((0, 0), order.append, "never", after=[Future()])
+    finally:
+        tasks.shutdown()
+    assert blocked.cancelled() and order[-1] == "after"
+
+
+def test_a_frames_search_begins_once_its_likely_flows_are_made(tmp_path, engine, monkeypatch):
+    """Each frame's likely flows (to its keyframes, to the sources the latest search tried)
+    are shared out to the lookahead threads one by one, and its search (find_flows) begins
+    only once they are made: the search finds them made instead of holding a thread waiting
+    on another's flow. The first frames guess the two nearest sources; later ones the
+    latest search's tries."""
+    shot = write_long_shot(tmp_path)
+    spans, lock = [], threading.Lock()
+
+    def timed(name, real, frame_at):
+        def run(self, *args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return real(self, *args, **kwargs)
+            finally:
+                if threading.current_thread().name.startswith("keyprop-ahead"):
+                    with lock:
+                        spans.append((name, args[frame_at], start, time.perf_counter()))
+        return run
+
+    # find_pair(frame, pixels, mask, source); find_flows(pixels, mask, keys, candidates, frame, carried)
+    for name, frame_at in (("find_pair", 0), ("find_flows", 4)):
+        monkeypatch.setattr(filler_mod.ShotFiller, name, timed(name, getattr(filler_mod.ShotFiller, name), frame_at))
+    caches = shared_caches(monkeypatch)
+    propagate(into(shot, tmp_path / "out"), Settings(model=MODEL, threads=2, parallel_windows=1), engine=engine)
+    searches = [(f, a) for name, f, a, _ in spans if name == "find_flows"]
+    assert len(searches) > 2
+    for frame, began in searches:
+        parts = [b for name, f, _, b in spans if name == "find_pair" and f == frame]
+        assert parts and all(end <= began for end in parts), frame
+    assert caches[0].last_search[0] is not None and caches[0].last_search[1]
