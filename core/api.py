@@ -292,12 +292,14 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
         # Threads that fill or look ahead (their fillers share the caches, their loaders the store).
         windows_n = int(settings.parallel_windows)
         lookahead = LOOKAHEAD if windows_n == 1 and int(settings.threads or os.cpu_count() or 1) > 1 else 0
-        shared = ShotCaches(settings, windows_n, lookahead)
+        ahead_frames = AHEAD_FRAMES if lookahead else 0
+        shared = ShotCaches(settings, windows_n, ahead_frames)
         # Decoded frames kept for every filling thread: 6 per thread at most, beyond 4 per
         # thread (the frames around its target, as each thread kept before) only within 320 MB
-        # (4K 8-bit: 25 MB a frame; 4K float RGBA: 133 MB); a lookahead thread's target is a
-        # frame or two past the filling thread's: 3 more, 2 whatever their size.
-        store = _FrameStore(read, frame_io.reader, count=6 * windows_n + 3 * lookahead, budget=320 << 20,
+        # (4K 8-bit: 25 MB a frame; 4K float RGBA: 133 MB); the lookahead's targets are up to
+        # AHEAD_FRAMES past the filling thread's: 3 more each within the budget, 2 more for each
+        # lookahead thread whatever their size.
+        store = _FrameStore(read, frame_io.reader, count=6 * windows_n + 3 * ahead_frames, budget=320 << 20,
                             floor=4 * windows_n + 2 * lookahead)
 
         def new_filler(engine=engine):
@@ -371,8 +373,8 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
         # frames' flows (their own fillers, the shared caches) while this thread fills.
         ahead_flows = _FlowsAhead(new_filler, frames, keys_set, fill_target=lambda f: not written(f),
             is_filled=is_filled, plan=key_plan, candidates=lambda k: source_candidates(k, plate_with_masks),
-            depth=lookahead if windows is None and filler is not None else 0, limit=settings.max_sources,
-            tries=lambda: shared.last_search[1])
+            threads=lookahead if windows is None and filler is not None else 0, depth=ahead_frames,
+            limit=settings.max_sources, tries=lambda: shared.last_search[1])
 
         def prime(frame):
             """The setup's end, one frame after another: the run's first frame to fill made
@@ -837,8 +839,15 @@ class _WindowFills:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-# Frames after the one being filled whose flows lookahead threads find, one thread each.
+# Lookahead threads, and the frames after the one being filled whose flows they find. Two
+# frames ahead, a search at a change of content (keyless bikes_walker's 8th frame, where the
+# hole needs sources two frames away) found both threads on the frame before and kept the
+# filling thread waiting: that frame took 1.6-2.7x the median frame. Four ahead, the threads
+# work ahead while frames are cheap: 1.4-1.8x in 11 runs (bench/pipeline_speed.py --only real;
+# the last frames, with no lookahead beside them, come quicker). Peak memory at 1080p: about
+# 50 MB more (--only memory).
 LOOKAHEAD = 2
+AHEAD_FRAMES = 4
 
 
 class _Tasks:
@@ -914,7 +923,7 @@ class _Tasks:
 class _FlowsAhead:
     """Lookahead for the sequential path (one frame after another, on more than one core).
 
-    ``depth`` lookahead threads, each with its own ShotFiller over the shot's shared caches,
+    ``threads`` lookahead threads, each with its own ShotFiller over the shot's shared caches,
     find the flows of the next ``depth`` frames to fill while the filling thread composes the
     current frame, whose fill then finds its flows made. Per frame, nearest frame first
     (:class:`_Tasks`): its likely flows one task each (ShotFiller.find_pair: to its
@@ -931,17 +940,18 @@ class _FlowsAhead:
     vain. The values are those the fill would make itself: the same pixels. An error here is
     left for the frame's own fill to raise, in frame order."""
 
-    def __init__(self, new_filler, frames, keys, fill_target, is_filled, plan, candidates, depth: int,
-                 limit: int, tries=lambda: ()):
+    def __init__(self, new_filler, frames, keys, fill_target, is_filled, plan, candidates, threads: int,
+                 depth: int, limit: int, tries=lambda: ()):
         self._frames = [f for f in frames if f not in keys]
         self._index = {f: i for i, f in enumerate(self._frames)}
         self._fill_target, self._is_filled, self._plan, self._candidates = fill_target, is_filled, plan, candidates
-        self.depth, self._limit = depth, limit   # limit: sources a frame takes
+        self.depth = depth if threads else 0   # frames ahead
+        self._limit = limit                     # sources a frame takes
         self._tries = tries   # the offsets the latest search tried (ShotCaches.last_search)
         self._futures: Dict[object, object] = {}   # frame, or ("part", frame, source) -> Future
         self._fillers = _Fillers(new_filler)        # (filler, loader) of each lookahead thread
         self._submitted = 0
-        self._pool = _Tasks(depth, "keyprop-ahead", flowlib.directions_in_turn) if depth else None
+        self._pool = _Tasks(threads, "keyprop-ahead", flowlib.directions_in_turn) if self.depth else None
 
     def carried(self, k: int) -> bool:
         """Whether frame ``k``'s fill carries the frame before's (filled in the same window)."""

@@ -180,8 +180,8 @@ class ShotCaches:
     plate frames prepared as sources and targets, the raw DIS flows between two plate
     frames (both directions; where two windows meet, the pair at their border is flowed once,
     not by each), and the flows between adjacent plate frames. ``fillers``: how many fillers
-    fill frames apart (windows side by side); ``ahead``: how many lookahead threads find
-    flows for the frames after a filler's (they work among its frames: they add their
+    fill frames apart (windows side by side); ``ahead``: for how many frames after a
+    filler's lookahead threads find flows (they work among its frames: they add their
     frames in work, not another span of sources). The sizes grow with them; they do not
     grow with the shot's length."""
 
