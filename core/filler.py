@@ -396,9 +396,24 @@ class ShotFiller:
             return []
         chosen, covered, tried = [], np.zeros(ys.size, bool), []
         try:
-            return self._search(target, hole, ys, xs, candidates, limit, chosen, covered, tried)
+            for cand in candidates:
+                tried.append(cand)
+                _, src_hole, src_flow = self.plate_frame(cand)
+                f, e = self._flow(target, src_flow)
+                qx = np.rint(xs + f[ys, xs, 0]).astype(int)
+                qy = np.rint(ys + f[ys, xs, 1]).astype(int)
+                inside = (qx >= 0) & (qx < w) & (qy >= 0) & (qy < h)
+                seen = np.zeros(ys.size, bool)
+                seen[inside] = src_hole[qy[inside], qx[inside]] == 0
+                if (seen & ~covered).sum() < MIN_SOURCE_GAIN * ys.size:
+                    continue
+                covered |= seen
+                chosen.append((cand, f, e))
+                if len(chosen) >= limit or covered.mean() >= 0.98:
+                    break
         finally:
             self._searched(target, tried)
+        return chosen
 
     def _searched(self, target: flowlib.FlowFrame, tried: List[int]) -> None:
         """Note a plate target's search's tries (ShotCaches.last_search), the latest target's."""
@@ -407,25 +422,6 @@ class ShotFiller:
             latest = self.shared.last_search[0]
             if latest is None or frame >= latest:
                 self.shared.last_search = (frame, tuple(c - frame for c in tried))
-
-    def _search(self, target, hole, ys, xs, candidates, limit, chosen, covered, tried):
-        h, w = hole.shape
-        for cand in candidates:
-            tried.append(cand)
-            _, src_hole, src_flow = self.plate_frame(cand)
-            f, e = self._flow(target, src_flow)
-            qx = np.rint(xs + f[ys, xs, 0]).astype(int)
-            qy = np.rint(ys + f[ys, xs, 1]).astype(int)
-            inside = (qx >= 0) & (qx < w) & (qy >= 0) & (qy < h)
-            seen = np.zeros(ys.size, bool)
-            seen[inside] = src_hole[qy[inside], qx[inside]] == 0
-            if (seen & ~covered).sum() < MIN_SOURCE_GAIN * ys.size:
-                continue
-            covered |= seen
-            chosen.append((cand, f, e))
-            if len(chosen) >= limit or covered.mean() >= 0.98:
-                break
-        return chosen
 
     def fill(self, pixels: np.ndarray, mask: np.ndarray, key_frames: Sequence[int],
              source_candidates: Sequence[int] = (), frame: Optional[int] = None) -> np.ndarray:
