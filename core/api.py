@@ -839,15 +839,15 @@ class _WindowFills:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-# Lookahead threads, and the frames after the one being filled whose flows they find. Two
-# frames ahead, a search at a change of content (keyless bikes_walker's 8th frame, where the
-# hole needs sources two frames away) found both threads on the frame before and kept the
-# filling thread waiting: that frame took 1.6-2.7x the median frame. Four ahead, the threads
-# work ahead while frames are cheap: 1.4-1.8x in 11 runs (bench/pipeline_speed.py --only real;
-# the last frames, with no lookahead beside them, come quicker). Peak memory at 1080p: about
-# 50 MB more (--only memory).
+# Lookahead threads, and the frames after the one being filled whose flows they find. Four
+# frames ahead instead of two, keyless bikes_walker (whose 8th frame needs sources two frames
+# away) came to 1.4-1.8x the median frame in 11 runs of one harness against 1.6-2.7x, but in
+# side-by-side runs of bench/pipeline_speed.py --only real the 16 rows' max/median averaged
+# 1.67 against 1.55 (the last frames, with no lookahead beside them, come quicker, and the
+# first share the cores with it) with as many rows over 2 (4 of 32 against 4), for about
+# 50 MB more at 1080p (--only memory): two.
 LOOKAHEAD = 2
-AHEAD_FRAMES = 4
+AHEAD_FRAMES = 2
 
 
 class _Tasks:
