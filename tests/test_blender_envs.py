@@ -90,3 +90,29 @@ def test_a_line_shares_only_a_dev_environment(tmp_path):
     (site / "bpy-5.0.1.dist-info").mkdir()
     assert tool.can_share(python)
     assert not tool.can_share(tmp_path / "nowhere" / "bin" / "python")
+
+
+def test_drop_tests_each_line_before_the_next_is_made(tmp_path, monkeypatch):
+    """With --drop (CI's small disk) a line's environment is made, tested and removed before the
+    next line's is made: one bpy on disk at a time."""
+    tool = _tool()
+    monkeypatch.setattr(tool, "ENVS", tmp_path / ".venv-blender")
+    monkeypatch.setattr(tool, "ROOT", tmp_path)
+    steps = []
+
+    def make(version):
+        assert not any(tool.ENVS.glob("*")), "an earlier line's environment is still on disk"
+        tool.env_dir(version).mkdir(parents=True)
+        steps.append(("make", version))
+        return tool.env_dir(version) / "bin" / "python"
+
+    def run_tests(version, python, pytest_args):
+        assert tool.env_dir(version).is_dir()
+        steps.append(("test", version))
+        return (0 if version == "4.2" else 1), "summary"
+
+    monkeypatch.setattr(tool, "make", make)
+    monkeypatch.setattr(tool, "run_tests", run_tests)
+    assert tool.main(["test", "4.2", "4.5", "--drop"]) == 1  # 4.5's failure still fails the run
+    assert steps == [("make", "4.2"), ("test", "4.2"), ("make", "4.5"), ("test", "4.5")]
+    assert not any(tool.ENVS.glob("*"))

@@ -4,6 +4,7 @@
     python3 tools/blender_envs.py make 4.2 4.5     # .venv-blender/4.2, .venv-blender/4.5
     python3 tools/blender_envs.py test 4.2 4.5     # make them if needed, run tests/test_blender.py in each
     python3 tools/blender_envs.py test all         # 4.2, 4.5 and 5.0
+    python3 tools/blender_envs.py test 4.2 4.5 --drop   # each removed after its tests (CI's small disk)
 
 The extension claims Blender 4.2 LTS to 5.0, and the bpy API moved in between (5.0 replaced
 ``scene.node_tree`` by ``scene.compositing_node_group``; 4.x wires a default compositor).
@@ -24,6 +25,7 @@ import argparse
 import importlib.util
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -136,6 +138,9 @@ def parse_args(argv=None):
     parser.add_argument("action", choices=["make", "test"], help="make the environments, or also run the tests")
     parser.add_argument("versions", nargs="+", metavar="VERSION",
                         help=f"Blender lines: {', '.join(VERSIONS)}, or all")
+    parser.add_argument("--drop", action="store_true",
+                        help="remove each version's environment once its tests ran: one line's bpy "
+                             "(about 0.9 GB) on disk at a time")
     parser.add_argument("--pytest", nargs=argparse.REMAINDER, default=[],
                         help="further pytest arguments (everything after --pytest)")
     args = parser.parse_args(argv)
@@ -149,10 +154,16 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    pythons = {v: make(v) for v in args.versions}
+    results = {}
+    for version in args.versions:  # one line at a time: made, tested, dropped before the next
+        python = make(version)
+        if args.action == "test":
+            results[version] = run_tests(version, python, args.pytest)
+        if args.drop:
+            shutil.rmtree(env_dir(version), ignore_errors=True)
+            print(f"blender_envs: removed {env_dir(version).relative_to(ROOT)}", flush=True)
     if args.action == "make":
         return 0
-    results = {v: run_tests(v, python, args.pytest) for v, python in pythons.items()}
     print("blender_envs: the Blender matrix", flush=True)
     for version, (code, summary) in results.items():
         print(f"  Blender {VERSIONS[version]:7s} {'ok  ' if code == 0 else 'FAIL'} {summary}", flush=True)
