@@ -646,10 +646,9 @@ def bench_real(args):
     print(f"{args.frames} frames per shot, {args.threads} threads, model {args.model}; {total:.0f} s in all; "
           f"load average {load[0]:.1f} before, {load[1]:.1f} after (on {os.cpu_count()} CPUs)")
     print(real_table(rows))
-    pace = pace_table(runs) if len(variants) > 1 or args.repeat > 1 else None
-    if pace:
+    if len(variants) > 1 or args.repeat > 1:
         print()
-        print(pace)
+        print(pace_table(runs))
     if args.json:
         Path(args.json).write_text(json.dumps({
             "frames": args.frames, "threads": args.threads, "model": args.model, "seconds": total,
@@ -676,8 +675,12 @@ def _worktree(stack: contextlib.ExitStack, rev: str) -> str:
     root = Path(__file__).resolve().parent.parent
     folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="keyprop-against-"))
     tree = Path(folder) / "keyprop"
-    subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", "--quiet", str(tree), rev],
-                   check=True, capture_output=True)
+    added = subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", "--quiet", str(tree), rev],
+                           capture_output=True, text=True)
+    if added.returncode != 0:
+        why = (added.stderr.strip().splitlines() or ["git worktree add failed"])[-1]
+        print(f"pipeline_speed.py: --against {rev}: {why}", file=sys.stderr)
+        sys.exit(2)
     stack.callback(subprocess.run, ["git", "-C", str(root), "worktree", "remove", "--force", str(tree)],
                    capture_output=True)
     return folder

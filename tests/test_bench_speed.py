@@ -103,3 +103,12 @@ def test_pace_table_counts_runs_over_2x_and_flags_other_bytes():
     lines = bench.pace_table(runs).splitlines()
     assert lines[2] == "| s | keyed | tree | 3 | 0.100 | 1.50 2.50 2.10 | 2.03 | 2 | yes |"
     assert lines[3] == "| s | keyed | old | 3 | 0.100 | 1.20 1.90 1.00 | 1.37 | 0 | NO |"
+
+
+def test_against_an_unknown_revision_is_one_line(capsys):
+    bench = load_bench()
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--only", "real", "--clips", "carphone", "--against", "no-such-revision"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("pipeline_speed.py: --against no-such-revision: ")
