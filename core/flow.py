@@ -45,9 +45,10 @@ from typing import Callable
 
 import cv2
 import numpy as np
+import torch
 
 __all__ = ["flow", "flow_between", "FlowFrame", "warp", "complete_flow", "extrapolate", "consistency_error",
-           "DEFAULT_WORK_SIZE", "OUT_OF_FRAME_ERROR"]
+           "cross_matches", "DEFAULT_WORK_SIZE", "OUT_OF_FRAME_ERROR"]
 
 log = logging.getLogger(__name__)
 
@@ -392,6 +393,26 @@ def consistency_error(forward: np.ndarray, backward: np.ndarray) -> np.ndarray:
     return err
 
 
+def cross_matches(query: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Binary descriptors (uint8 rows, ORB's) matched both ways by Hamming distance: the
+    (query index, train index) pairs each of which is the other's nearest, in query order.
+
+    The pairs ``cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True).match`` returns, ties
+    included (the lowest index of equally near ones, each way), found from one distance
+    matrix instead of two passes: a bit that differs is a product of -1, so the distance is
+    (bits - dot product) / 2 and the nearest is the largest dot product. One matrix product
+    of +-1 floats (exact: integers far below 2**24) is about a third of the matcher's time
+    (1270 ORB descriptors a frame: 14 ms against 43 on one thread), and a plate frame's
+    pre-alignment was, after DIS, the largest part of a keyless fill's flows."""
+    if len(query) == 0 or len(train) == 0:
+        return np.zeros(0, np.intp), np.zeros(0, np.intp)
+    signs = [torch.from_numpy(np.unpackbits(d, axis=1).astype(np.float32) * 2 - 1) for d in (query, train)]
+    dot = torch.mm(signs[0], signs[1].T).numpy()
+    nearest, back = dot.argmax(axis=1), dot.argmax(axis=0)   # numpy: the first of equal maxima
+    kept = np.nonzero(back[nearest] == np.arange(len(query)))[0]
+    return kept, nearest[kept]
+
+
 def _homography(target: FlowFrame, key: FlowFrame):
     """Target->key homography from ORB matches outside the holes (RANSAC), or None.
 
@@ -402,13 +423,13 @@ def _homography(target: FlowFrame, key: FlowFrame):
     kk, dk = key.features
     if dt is None or dk is None or len(kt) < 20 or len(kk) < 20:
         return None
-    matches = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True).match(dt, dk)
-    if len(matches) < 20:
+    query, train = cross_matches(dt, dk)
+    if query.size < 20:
         return None
-    src = np.float32([kt[m.queryIdx].pt for m in matches])
-    dst = np.float32([kk[m.trainIdx].pt for m in matches])
+    src = np.float32([kt[i].pt for i in query])
+    dst = np.float32([kk[i].pt for i in train])
     hmat, inliers = cv2.findHomography(src, dst, cv2.RANSAC, 2.0)
-    if hmat is None or inliers is None or inliers.sum() < max(15, 0.25 * len(matches)):
+    if hmat is None or inliers is None or inliers.sum() < max(15, 0.25 * query.size):
         return None
     h, w = target.luma.shape
     corners = np.float32([[0, 0], [w - 1, 0], [0, h - 1], [w - 1, h - 1]])[:, None]

@@ -358,3 +358,32 @@ def test_extrapolate_keeps_the_surroundings_motion_where_the_two_agree():
     # No pixel deep enough (a wire): the same array back, the flow beyond never found.
     thin = _box_hole(h, w, 50, 58, 10, 110)
     assert F.extrapolate(forward, lambda: pytest.fail("found the flow beyond for nothing"), thin, none) is forward
+
+
+def _bf_pairs(query, train):
+    return [(m.queryIdx, m.trainIdx) for m in cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True).match(query, train)]
+
+
+def test_cross_matches_are_the_brute_force_matchers_in_its_order():
+    """cross_matches gives cv2.BFMatcher(NORM_HAMMING, crossCheck=True).match's pairs, in
+    its order (findHomography's RANSAC takes them in order): on the ORB features of two real
+    views, and on descriptors with many ties (few distinct rows, repeated), where the
+    lowest index of equally near ones must win each way as it does there."""
+    first_img, second_img = _zoom_views()
+    query = F.FlowFrame(first_img).features[1]
+    train = F.FlowFrame(second_img).features[1]
+    assert query is not None and len(query) > 100 and len(train) > 100
+    pairs = _bf_pairs(query, train)
+    assert len(pairs) > 50
+    got = F.cross_matches(query, train)
+    assert list(zip(got[0].tolist(), got[1].tolist())) == pairs
+    rng = np.random.default_rng(3)
+    for rows, distinct in ((300, 5), (200, 40), (64, 64)):
+        palette = rng.integers(0, 256, (distinct, 32), dtype=np.uint8)
+        a = palette[rng.integers(0, distinct, rows)]
+        b = palette[rng.integers(0, distinct, rows + 17)]
+        b[::7, 0] ^= 1   # some rows one bit away: nearest but not equal
+        got = F.cross_matches(a, b)
+        assert list(zip(got[0].tolist(), got[1].tolist())) == _bf_pairs(a, b)
+    empty = F.cross_matches(np.zeros((0, 32), np.uint8), query)
+    assert empty[0].size == 0 and empty[1].size == 0
