@@ -1007,6 +1007,10 @@ class _FlowsAhead:
         for key in parts + [frame]:
             future = self._futures.pop(key, None)
             if future is not None and not future.cancelled():
+                # Under way on a lookahead thread: this thread takes the other direction of
+                # its flows meanwhile (flowlib.help_until).
+                future.add_done_callback(flowlib.wake_helpers)
+                flowlib.help_until(future.done, frame)
                 future.exception()   # the frame's own fill raises the error, in frame order
 
     def _find(self, k: int, part=None) -> None:
@@ -1017,10 +1021,13 @@ class _FlowsAhead:
             pixels, mask = loader.source(k)
             if mask is None or not (mask > 0).any():
                 return
-            if part is not None:
-                filler.find_pair(k, pixels, mask, part)
-            else:
-                filler.find_flows(pixels, mask, self._plan(k), self._candidates(k), k, carried=self.carried(k))
+            # The other direction of its flows offered to the filling thread should it wait
+            # for this frame (help).
+            with flowlib.offering(k):
+                if part is not None:
+                    filler.find_pair(k, pixels, mask, part)
+                else:
+                    filler.find_flows(pixels, mask, self._plan(k), self._candidates(k), k, carried=self.carried(k))
         except Exception:  # noqa: BLE001 - the fill of ``k`` meets it again and reports it
             log.debug("lookahead of frame %d failed", k, exc_info=True)
         finally:

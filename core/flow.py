@@ -38,6 +38,7 @@ unreliable as the hole itself).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -94,6 +95,77 @@ _helper_lock = threading.Lock()
 _local = threading.local()
 
 
+class _Offer:
+    """The second half of a thread's :func:`_both`, offered while it computes the first:
+    a thread that would otherwise wait for that thread's work takes it (:func:`help_until`)."""
+
+    def __init__(self, fn, tag):
+        self.fn, self.tag = fn, tag
+        self.taken = False            # under _offers_cond
+        self.done = threading.Event()
+        self.value = self.error = None
+
+    def run(self) -> None:
+        try:
+            self.value = self.fn()
+        except BaseException as e:  # noqa: BLE001 - raised in the offering thread
+            self.error = e
+        finally:
+            self.done.set()
+
+    def result(self):
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+_offers: list = []                      # open offers, oldest first
+_offers_cond = threading.Condition()
+
+
+@contextlib.contextmanager
+def offering(tag):
+    """While in it, this thread's :func:`_both` calls (a thread that computes two directions in
+    turn: :func:`directions_in_turn`) offer their second half, under ``tag``, to a thread
+    waiting for work of that tag (:func:`help_until`)."""
+    before = getattr(_local, "offer_tag", None)
+    _local.offer_tag = tag
+    try:
+        yield
+    finally:
+        _local.offer_tag = before
+
+
+def help_until(done: Callable[[], bool], tag) -> None:
+    """Until ``done()``: take the second halves of flows offered under ``tag`` (:func:`offering`)
+    and compute them here, else sleep until one is offered. ``done`` is checked when an offer
+    is made or taken and at least every 20 ms; :func:`wake_helpers` checks it now.
+
+    core.api's filling thread waits this way for a frame's flows under way on the lookahead
+    threads: a flow's other direction on a second core instead of after the first (same
+    values: each direction is computed alone whichever thread runs it)."""
+    while True:
+        with _offers_cond:
+            offer = None
+            while not done():
+                offer = next((o for o in _offers if o.tag == tag), None)
+                if offer is not None:
+                    _offers.remove(offer)
+                    offer.taken = True
+                    break
+                _offers_cond.wait(0.02)
+            if offer is None:
+                return
+        offer.run()
+
+
+def wake_helpers(*_) -> None:
+    """Make :func:`help_until` check its ``done`` now (e.g. a future's done callback)."""
+    with _offers_cond:
+        _offers_cond.notify_all()
+
+
 def directions_in_turn() -> None:
     """From now on, this thread computes a flow's two directions one after the other instead of
     handing one to the helper thread (for threads that already keep the cores busy side by
@@ -110,10 +182,32 @@ def _both(first, second):
     cores: 10-18 % less time per frame for a wire's ROI, 15-18 % for a full frame, whose
     single DIS calls do not keep both cores busy either). Results are the same as calling the
     two in turn.
+
+    A thread that computes the two in turn (:func:`directions_in_turn`) and works under a tag
+    (:func:`offering`: core.api's lookahead threads) offers the second to a thread waiting on
+    its work (:func:`help_until`) while it computes the first, and computes it itself when no
+    such thread has taken it by then.
     """
     global _helper
-    if threading.current_thread().name.startswith("keyprop-flow") or getattr(_local, "in_turn", False):
-        return first(), second()        # on the helper (never wait on it from itself), or told to
+    if threading.current_thread().name.startswith("keyprop-flow"):
+        return first(), second()        # on the helper: never wait on it from itself
+    if getattr(_local, "in_turn", False):
+        tag = getattr(_local, "offer_tag", None)
+        if tag is None:
+            return first(), second()    # told to
+        offer = _Offer(second, tag)
+        with _offers_cond:
+            _offers.append(offer)
+            _offers_cond.notify_all()
+        try:
+            a = first()
+        finally:
+            with _offers_cond:
+                mine = not offer.taken
+                if mine:
+                    _offers.remove(offer)
+                    offer.taken = True
+        return a, (second() if mine else offer.result())
     if _helper is None:
         with _helper_lock:
             if _helper is None:

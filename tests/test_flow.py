@@ -1,6 +1,8 @@
 """core.flow: DIS flow on a known shift, completion inside masks, consistency error."""
 
 import logging
+import threading
+import time
 
 import cv2
 import numpy as np
@@ -387,3 +389,51 @@ def test_cross_matches_are_the_brute_force_matchers_in_its_order():
         assert list(zip(got[0].tolist(), got[1].tolist())) == _bf_pairs(a, b)
     empty = F.cross_matches(np.zeros((0, 32), np.uint8), query)
     assert empty[0].size == 0 and empty[1].size == 0
+
+
+def _offering_thread(tag, first, second, out):
+    def run():
+        F.directions_in_turn()
+        with F.offering(tag):
+            out["pair"] = F._both(first, second)
+    thread = threading.Thread(target=run, name="keyprop-ahead_test")
+    thread.start()
+    return thread
+
+
+def test_a_thread_waiting_for_a_tag_takes_the_other_direction_offered_under_it():
+    """A lookahead thread's _both (directions in turn) offers its second half while it computes
+    the first; help_until on the thread waiting for that tag computes it there, and the
+    offering thread gets its value. Under another tag nothing is taken: the offering thread
+    computes both in turn."""
+    ran, out, release = {}, {}, threading.Event()
+
+    def first():
+        ran["first"] = threading.current_thread().name
+        release.wait(5)   # only the other thread can release it: by computing second
+        return 1
+
+    def second():
+        ran["second"] = threading.current_thread().name
+        release.set()
+        return 2
+
+    thread = _offering_thread(7, first, second, out)
+    F.help_until(lambda: not thread.is_alive(), 7)
+    thread.join(5)
+    assert release.is_set() and out["pair"] == (1, 2)
+    assert ran == {"first": "keyprop-ahead_test", "second": threading.current_thread().name}
+
+    ran.clear()
+    out.clear()
+
+    def slow_first():
+        ran["first"] = threading.current_thread().name
+        time.sleep(0.2)   # time enough for a helper to take the offer, were it its tag
+        return 1
+
+    thread = _offering_thread(8, slow_first, lambda: ran.setdefault("second", threading.current_thread().name), out)
+    F.help_until(lambda: not thread.is_alive(), 7)
+    thread.join(5)
+    assert ran == {"first": "keyprop-ahead_test", "second": "keyprop-ahead_test"}
+    assert not F._offers
