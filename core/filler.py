@@ -60,6 +60,14 @@ SMALL_UNSHOWN = 0.05
 # or shown (a wire's end, a stripe along a matte's edge), where Telea continues the
 # surroundings across as well as the network does.
 THIN_UNSHOWN = 12.0
+# Working pixels around a frame's hole and composite region that its fusion covers
+# (fusion_box): the colour match's ring (fusion.RING_PX) and the blurs of the sources' scores
+# and costs (a few pixels) lie well inside; what is farther away speaks only through the
+# push-pull completions (the sources' scores inside the hole, the solve's start), whose
+# coarse levels reach about a hole's width. bench/real_quality.py, keyless bbb_walker (a
+# walker about 150 working pixels wide): 26.29 dB with 32, 26.59 with 64, 26.61 with 128 and
+# with the whole working area.
+FUSION_MARGIN = 64
 # What a plate source cannot show: its own hole and a rim of this many working pixels.
 SOURCE_HOLE_RIM = np.ones((5, 5), np.uint8)
 class LRU(OrderedDict):
@@ -445,14 +453,24 @@ class ShotFiller:
         else:
             target, hole = self._prepare(pixels, mask)
             target_flow = self._flow_frame(target, hole, None)
-        # Per source: (handle maker, flow, error, warped pixels, error for the blend, distance, frame).
+        # Where the fill is seen (the composite's reach, at working size), and the plate there
+        # unzeroed: the gradient-domain solve meets the plate exactly where the composite does.
+        alpha = composite_alpha(self._crop(mask), s.dilate, s.feather)
+        region = roi.resize_to_work(alpha) > 0
+        plate_work = roi.resize_to_work(self._display(self._crop(pixels)))
+        # The sources are warped, weighed and solved over this frame's hole and region and a
+        # margin (fusion_box), not the whole working area: a walker's ROI spans its whole path.
+        y0, x0, y1, x1 = fusion_box(hole, region)
+        at, origin = (slice(y0, y1), slice(x0, x1)), (x0, y0)
+        # Per source: (handle maker, flow, error, warped pixels, error for the blend, distance,
+        # frame); flows and errors over the working area (the network's), the rest over the box.
         sources, detail_key = [], None
         here = frame if frame is not None else 0
         for k in key_frames:
             key_work, key_plate, key_flow = self.keyframe(k)
             f, e = self._flow(target_flow, key_flow, ("key", k))
             detail_key = (len(sources), key_plate, f, e) if detail_key is None else detail_key
-            sources.append((lambda k=k: self._key_handle(k), f, e, flowlib.warp(key_work, f), e,
+            sources.append((lambda k=k: self._key_handle(k), f, e, flowlib.warp(key_work, f[at], origin=origin), e[at],
                             abs(k - here) if frame is not None else 0, k))
         if self._searches_plate(key_frames, source_candidates):
             for cand, f, e in self.choose_sources(target_flow, hole, source_candidates,
@@ -461,54 +479,60 @@ class ShotFiller:
                 # Where the source's own hole lands, its warped pixels are no evidence at all, nor
                 # next to it (bilinear samples there mix in the zeroed hole: a dark rim whose
                 # gradients the gradient-domain composite would carry in).
-                blend_err = np.where(flowlib.warp(cv2.dilate(src_hole, SOURCE_HOLE_RIM), f) > 0,
-                                     flowlib.OUT_OF_FRAME_ERROR, e)
-                sources.append((lambda c=cand: self._plate_handle(c), f, e, flowlib.warp(src, f), blend_err,
-                                abs(cand - here) if frame is not None else 0, cand))
-        carried = self._carried(frame, target_flow) if self._carries() else None
+                lands = flowlib.warp(cv2.dilate(src_hole, SOURCE_HOLE_RIM), f[at], origin=origin)
+                blend_err = np.where(lands > 0, flowlib.OUT_OF_FRAME_ERROR, e[at])
+                sources.append((lambda c=cand: self._plate_handle(c), f, e, flowlib.warp(src, f[at], origin=origin),
+                                blend_err, abs(cand - here) if frame is not None else 0, cand))
+        carried = self._carried(frame, target_flow, at) if self._carries() else None
+        target_box, hole_box, region_box, plate_box = target[at], hole[at], region[at], plate_work[at]
         warps = []
         if s.warp_blend and sources:
-            warps = [Warped(match_colour(w, target, hole, be) if s.colour_match else w, be, dist, src_frame)
+            warps = [Warped(match_colour(w, target_box, hole_box, be) if s.colour_match else w, be, dist, src_frame)
                      for _, _, _, w, be, dist, src_frame in sources]
         if carried is not None:
             warps.append(carried)
-        shown = np.zeros(hole.shape, bool)
+        shown = np.zeros(hole_box.shape, bool)
         for w in warps:
             shown |= w.error < flowlib.OUT_OF_FRAME_ERROR
         # The network runs only where some hole pixel has no source that shows it; its fill then
         # competes with the sources near the hole's border (core.fusion's context candidate).
-        unshown_mask = (hole > 0) & ~shown
+        unshown_mask = (hole_box > 0) & ~shown
         unshown = int(unshown_mask.sum())
         # A fused_base model corrects the whole fused fill afterwards: the fusion's context
         # candidate is then Telea's fill, as in the examples the model was trained on.
         refine = s.refine and getattr(self.engine, "fused_base", False)
         if warps and unshown == 0:
             context = None
-        elif refine or (warps and (unshown <= SMALL_UNSHOWN * (hole > 0).sum() or thin(unshown_mask))):
+        elif refine or (warps and (unshown <= SMALL_UNSHOWN * (hole_box > 0).sum() or thin(unshown_mask))):
             # A sliver or a thin stripe no source shows (where a flow leaves the frame at the
             # hole's end, a static wire's unrevealed stretch): the surroundings fill it as well
             # as the network would (a context_base model refines this same Telea fill),
             # without a network pass over the whole working area.
-            context = context_fill(target, hole)
+            context = context_fill(target_box, hole_box)
         else:
-            context = self._network_fill(target, hole, sources)
-        # Where the fill is seen (the composite's reach, at working size), and the plate there
-        # unzeroed: the gradient-domain solve meets the plate exactly where the composite does.
-        alpha = composite_alpha(self._crop(mask), s.dilate, s.feather)
-        region = roi.resize_to_work(alpha) > 0
-        plate_work = roi.resize_to_work(self._display(self._crop(pixels)))
+            context = self._network_fill(target, hole, sources)[at]
+        share = None
         if warps:
-            fused = fuse(warps, target, hole, context)
-            fill, weights, labels = fused.fill, fused.weights, fused.labels
+            fused = fuse(warps, target_box, hole_box, context)
+            fill, labels = fused.fill, fused.labels
             if s.gradient_domain:
-                fill = poisson_fill(fill, plate_work, region, *guidance(fused.sources, weights))
+                fill = poisson_fill(fill, plate_box, region_box, *guidance(fused.sources, fused.weights))
+            if detail_key is not None:
+                share = np.zeros(hole.shape, np.float32)
+                share[at] = fused.weights[detail_key[0]]
         else:
-            fill, weights, labels = context, None, np.full(hole.shape, -1, np.int16)
+            fill, labels = context, np.full(hole_box.shape, -1, np.int16)
             if s.gradient_domain:   # the network's fill meets the plate without an edge too
-                fill = poisson_fill(fill, plate_work, region)
+                fill = poisson_fill(fill, plate_box, region_box)
+        # Back to the working area: the plate outside the box (the region and the composite's
+        # resampling reach lie inside it), no source outside it.
+        whole = plate_work.astype(np.float32, copy=True)
+        whole[at] = fill
+        fill = whole
+        self.last_labels = np.full(hole.shape, -1, np.int16)
+        self.last_labels[at] = labels
         if refine:
             fill = self._network_fill(target, hole, sources, base=fill)
-        self.last_labels = labels
         self._previous = (frame, np.where(region[:, :, None], fill, plate_work).astype(np.float32)) \
             if frame is not None and s.temporal else None
         # From here on at plate size, over the box the composite reaches only (a wire's band
@@ -519,10 +543,10 @@ class ShotFiller:
         y0, x0, y1, x1 = box
         fill = roi.to_plate(fill)[y0:y1, x0:x1]
         if s.detail and roi.scale < 0.999 and detail_key is not None:
-            index, key_plate, f, e = detail_key
+            _, key_plate, f, e = detail_key
             # The keyframe's detail only where the keyframe is what fills (another source's
             # region would get the keyframe's texture over its own: a ghost).
-            share = weights[index] if weights is not None else np.ones(hole.shape, np.float32)
+            share = share if share is not None else np.ones(hole.shape, np.float32)
             fill = self._restore_detail(fill, key_plate, f.transpose(2, 0, 1), e, share, box)
         fill = np.clip(fill, 0.0, 1.0)
         if self.linear:
@@ -534,16 +558,18 @@ class ShotFiller:
         """The frame filled last (its fill is carried to the next frame of its window)."""
         return self._previous[0] if self._previous is not None else None
 
-    def _carried(self, frame, target_flow) -> Optional[Warped]:
+    def _carried(self, frame, target_flow, at=(slice(None), slice(None))) -> Optional[Warped]:
         """The previous frame's fill as a source of ``frame`` (core.temporal): when it was
-        ``frame - 1``, in the same window; warped along the flow to that frame's plate."""
+        ``frame - 1``, in the same window; warped along the flow to that frame's plate, over
+        the part ``at`` (slices) of the working area."""
         if frame is None or self._previous is None:
             return None
         prev, composed = self._previous
         if prev != frame - 1 or not same_window(prev, frame):
             return None
         f, e = self._flow(target_flow, self.plate_frame(prev)[2])
-        return Warped(flowlib.warp(composed, f), e, 1, prev)
+        origin = (at[1].start or 0, at[0].start or 0)
+        return Warped(flowlib.warp(composed, f[at], origin=origin), e[at], 1, prev)
 
     def _network_fill(self, target, hole, sources, base: Optional[np.ndarray] = None) -> np.ndarray:
         """The network's fill (h, w, 3) at working size from the given sources (or the frame
@@ -605,6 +631,19 @@ class ShotFiller:
         region = out if shape == (roi.height, roi.width) else out[roi.y0:roi.y1, roi.x0:roi.x1]
         region[...] = cv2.resize(self.last_labels, (roi.width, roi.height), interpolation=cv2.INTER_NEAREST)
         return out
+
+
+def fusion_box(hole: np.ndarray, region: np.ndarray, margin: Optional[int] = None) -> tuple:
+    """(y0, x0, y1, x1) of the working area a fill's fusion covers: the hole's and the
+    region's bounding box grown by ``margin`` pixels (default FUSION_MARGIN) within the area;
+    all of it for neither."""
+    margin = FUSION_MARGIN if margin is None else margin
+    h, w = hole.shape
+    box = mask_bbox((hole > 0) | region)
+    if box is None:
+        return 0, 0, h, w
+    y0, x0, y1, x1 = box
+    return max(0, y0 - margin), max(0, x0 - margin), min(h, y1 + margin), min(w, x1 + margin)
 
 
 def thin(region: np.ndarray, radius: float = THIN_UNSHOWN) -> bool:

@@ -209,3 +209,42 @@ def test_a_sliver_no_source_shows_is_filled_from_its_surroundings_without_the_ne
     out = fill_frames(frames, [empty, mask, empty], [2], engine, Settings(threads=2, plate_sources=False, temporal=False))
     assert engine.fills == 0
     assert np.abs(out[1] - truths[1])[mask > 0].mean() < 0.03
+
+
+def test_a_small_hole_is_fused_over_its_box_and_fills_as_over_the_whole_area(monkeypatch):
+    """A frame's sources are warped, fused and solved over its hole's box and FUSION_MARGIN
+    around it, not over the whole working area its ROI spans (here the shot's other masks
+    stretch the ROI across the frame, as a walker's path does). The fill is the one fusing
+    over the whole area gives, but for the push-pull completions' far reach, and the plate
+    stays bit for bit outside the composite's reach."""
+    import cv2
+
+    from keyprop.core import filler
+
+    h, w = 192, 320
+    rng = np.random.default_rng(8)
+    wide = cv2.GaussianBlur(rng.random((h, w + 40, 3)).astype(np.float32), (0, 0), 2.0)
+    wide = 0.1 + 0.8 * (wide - wide.min()) / (wide.max() - wide.min())
+    truths = [np.ascontiguousarray(wide[:, 3 * i:3 * i + w]) for i in range(4)]
+    masks = [np.zeros((h, w), np.float32) for _ in range(4)]
+    masks[1][20:50, 24:56] = 1
+    masks[2][140:180, 260:300] = 1   # the ROI spans the frame
+    frames = [np.where(m[:, :, None] > 0, np.float32(0.0), t) for m, t in zip(masks, truths)]
+    engine = create_engine("torch", model="preset:test", threads=2)
+    fused = []
+    real_fuse = filler.fuse
+    monkeypatch.setattr(filler, "fuse", lambda warps, target, hole, *a: fused.append(hole.shape) or
+                        real_fuse(warps, target, hole, *a))
+    settings = Settings(threads=2, max_sources=4)
+    boxed = fill_frames(frames, masks, [0, 3], engine, settings)
+    assert fused and all(fh * fw < 0.5 * h * w for fh, fw in fused)   # (working size = plate size here)
+    monkeypatch.setattr(filler, "FUSION_MARGIN", 10 ** 6)
+    fused.clear()
+    whole = fill_frames(frames, masks, [0, 3], engine, settings)
+    assert fused == [(h, w), (h, w)]
+    for i in (1, 2):
+        inside = masks[i] > 0
+        assert np.abs(boxed[i] - truths[i])[inside].mean() < 0.02
+        assert np.abs(boxed[i] - whole[i])[inside].mean() < 0.003
+        reach = cv2.dilate(masks[i], np.ones((15, 15), np.uint8)) > 0
+        assert np.array_equal(boxed[i][~reach], frames[i][~reach])
