@@ -318,7 +318,7 @@ class _Timers:
         self.io_all = self.io_main = 0.0
         self.missing = []
         self.fills = []                   # per ShotFiller.fill call: frame, seconds, each part's seconds
-        self.ahead = 0.0                  # seconds the lookahead threads spent finding flows
+        self.ahead = 0.0                  # seconds spent finding flows ahead (see per_ahead)
         self._state = threading.local()   # .inside: the compute part this thread is in
         self._io_depth = threading.local()
         self._lock = threading.Lock()
@@ -352,8 +352,9 @@ class _Timers:
 
     def per_ahead(self, fn):
         """A lookahead call (ShotFiller.find_flows / find_pair, outside a fill: on a lookahead
-        thread, or the filling thread's help with the first frame): its seconds count as
-        filling time (the shares' denominator)."""
+        thread, or the filling thread's help with the first frame; a flow direction a lookahead
+        thread offered, computed by the waiting filling thread): its seconds count as filling
+        time (the shares' denominator)."""
         timers = self
 
         @functools.wraps(fn)
@@ -453,6 +454,10 @@ def _instrument(engine) -> _Timers:
     for name in ("find_flows", "find_pair"):
         if hasattr(filler.ShotFiller, name):
             setattr(filler.ShotFiller, name, timers.per_ahead(getattr(filler.ShotFiller, name)))
+    # A flow direction a lookahead thread offered, computed by the filling thread while it
+    # waits for that frame (core.flow.help_until): lookahead work, on the filling thread.
+    if hasattr(flow, "_Offer"):
+        flow._Offer.run = timers.per_ahead(flow._Offer.run)
     for name in ("read_frame", "read_image", "read_mask", "image_size", "write_frame", "write_image"):
         fn = getattr(io, name, None)
         if fn is None:
