@@ -46,7 +46,6 @@ from typing import Callable
 
 import cv2
 import numpy as np
-import torch
 
 __all__ = ["flow", "flow_between", "FlowFrame", "warp", "complete_flow", "extrapolate", "consistency_error",
            "cross_matches", "DEFAULT_WORK_SIZE", "OUT_OF_FRAME_ERROR"]
@@ -498,6 +497,8 @@ def cross_matches(query: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, np.
     of +-1 floats (exact: integers far below 2**24) is about a third of the matcher's time
     (1270 ORB descriptors a frame: 14 ms against 43 on one thread), and a plate frame's
     pre-alignment was, after DIS, the largest part of a keyless fill's flows."""
+    import torch   # here: core.flow is imported by host adapters that must not load torch (tests/test_layers.py)
+
     if len(query) == 0 or len(train) == 0:
         return np.zeros(0, np.intp), np.zeros(0, np.intp)
     signs = [torch.from_numpy(np.unpackbits(d, axis=1).astype(np.float32) * 2 - 1) for d in (query, train)]
