@@ -483,7 +483,7 @@ class ShotFiller:
                 blend_err = np.where(lands > 0, flowlib.OUT_OF_FRAME_ERROR, e[at])
                 sources.append((lambda c=cand: self._plate_handle(c), f, e, flowlib.warp(src, f[at], origin=origin),
                                 blend_err, abs(cand - here) if frame is not None else 0, cand))
-        carried = self._carried(frame, target_flow, at) if self._carries() else None
+        carried = self._carried(frame, target_flow, at, origin) if self._carries() else None
         target_box, hole_box, region_box, plate_box = target[at], hole[at], region[at], plate_work[at]
         warps = []
         if s.warp_blend and sources:
@@ -558,17 +558,16 @@ class ShotFiller:
         """The frame filled last (its fill is carried to the next frame of its window)."""
         return self._previous[0] if self._previous is not None else None
 
-    def _carried(self, frame, target_flow, at=(slice(None), slice(None))) -> Optional[Warped]:
+    def _carried(self, frame, target_flow, at, origin) -> Optional[Warped]:
         """The previous frame's fill as a source of ``frame`` (core.temporal): when it was
         ``frame - 1``, in the same window; warped along the flow to that frame's plate, over
-        the part ``at`` (slices) of the working area."""
+        the part ``at`` (slices) of the working area whose top-left pixel is ``origin`` (x, y)."""
         if frame is None or self._previous is None:
             return None
         prev, composed = self._previous
         if prev != frame - 1 or not same_window(prev, frame):
             return None
         f, e = self._flow(target_flow, self.plate_frame(prev)[2])
-        origin = (at[1].start or 0, at[0].start or 0)
         return Warped(flowlib.warp(composed, f[at], origin=origin), e[at], 1, prev)
 
     def _network_fill(self, target, hole, sources, base: Optional[np.ndarray] = None) -> np.ndarray:

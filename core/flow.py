@@ -41,7 +41,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
 import cv2
@@ -101,22 +101,14 @@ class _Offer:
     def __init__(self, fn, tag):
         self.fn, self.tag = fn, tag
         self.taken = False            # under _offers_cond
-        self.done = threading.Event()
-        self.value = self.error = None
+        self.future: Future = Future()
 
     def run(self) -> None:
+        self.future.set_running_or_notify_cancel()
         try:
-            self.value = self.fn()
+            self.future.set_result(self.fn())
         except BaseException as e:  # noqa: BLE001 - raised in the offering thread
-            self.error = e
-        finally:
-            self.done.set()
-
-    def result(self):
-        self.done.wait()
-        if self.error is not None:
-            raise self.error
-        return self.value
+            self.future.set_exception(e)
 
 
 _offers: list = []                      # open offers, oldest first
@@ -206,7 +198,7 @@ def _both(first, second):
                 if mine:
                     _offers.remove(offer)
                     offer.taken = True
-        return a, (second() if mine else offer.result())
+        return a, (second() if mine else offer.future.result())
     if _helper is None:
         with _helper_lock:
             if _helper is None:
