@@ -100,7 +100,6 @@ class _Offer:
 
     def __init__(self, fn, tag):
         self.fn, self.tag = fn, tag
-        self.taken = False            # under _offers_cond
         self.future: Future = Future()
 
     def run(self) -> None:
@@ -111,7 +110,7 @@ class _Offer:
             self.future.set_exception(e)
 
 
-_offers: list = []                      # open offers, oldest first
+_offers: list = []                      # open offers, oldest first (taken: removed, under _offers_cond)
 _offers_cond = threading.Condition()
 
 
@@ -143,7 +142,6 @@ def help_until(done: Callable[[], bool], tag) -> None:
                 offer = next((o for o in _offers if o.tag == tag), None)
                 if offer is not None:
                     _offers.remove(offer)
-                    offer.taken = True
                     break
                 _offers_cond.wait(0.02)
             if offer is None:
@@ -194,10 +192,9 @@ def _both(first, second):
             a = first()
         finally:
             with _offers_cond:
-                mine = not offer.taken
+                mine = offer in _offers   # not taken: withdrawn
                 if mine:
                     _offers.remove(offer)
-                    offer.taken = True
         return a, (second() if mine else offer.future.result())
     if _helper is None:
         with _helper_lock:
