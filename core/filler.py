@@ -203,8 +203,10 @@ class ShotCaches:
         self.pairs = SharedLRU((n + ahead) * 2 * settings.max_sources)
         # The pre-alignments of those pairs (core.flow._aligned: a homography, or None where
         # the frames need none, and the pre-aligned flows where a target takes them), shared
-        # the same way; most pairs need none, and few take the flows.
-        self.aligned = SharedLRU((n + ahead) * 2 * settings.max_sources)
+        # the same way; most pairs need none, and few take the flows. Two entries a pair (its
+        # homography, its pre-aligned flows): half as many, and keyless bikes_walker's late
+        # frames (every pair pre-aligned) made 14 of their 94 DIS flows a second time (--threads 1).
+        self.aligned = SharedLRU((n + ahead) * 4 * settings.max_sources)
         # Flows between adjacent plate frames as flow_between finds them, before
         # ShotFiller._extrapolated: t -> t+1 is also the flow beyond for t-1 -> t.
         self.adjacent = SharedLRU((n + ahead) * 4)
