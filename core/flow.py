@@ -308,21 +308,27 @@ def extrapolate(forward: np.ndarray, beyond_flow: Callable[[], tuple], target_ho
     """
     depth = cv2.distanceTransform((target_hole > 0).astype(np.uint8), cv2.DIST_L2, 5)
     deep = np.clip((depth - EXTRAPOLATE_DEPTH_PX) / EXTRAPOLATE_RAMP_PX, 0.0, 1.0)
-    if not (deep > 0).any():
+    rows, cols = np.nonzero((deep > 0).any(axis=1))[0], np.nonzero((deep > 0).any(axis=0))[0]
+    if rows.size == 0:
         return forward
     beyond, beyond_error = beyond_flow()
-    grid = _grid(*forward.shape[:2])
     shown = ((source_hole <= 0) & (beyond_error < EXTRAPOLATE_MAX_ERROR_PX)).astype(np.float32)
-    out = forward
+    # Only pixels deep in the hole change, each from its own flow alone: the steps run over
+    # their bounding box (a walker's hole is a few % of the frame), sampling the whole frames.
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    start, grid, deep = forward[box], _grid(*forward.shape[:2])[box], deep[box]
+    out = start
     for _ in range(EXTRAPOLATE_STEPS):
         at = grid + out
         moved = cv2.remap(beyond, at[:, :, 0], at[:, :, 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         seen = cv2.remap(shown, at[:, :, 0], at[:, :, 1], cv2.INTER_LINEAR,
                          borderMode=cv2.BORDER_CONSTANT, borderValue=0.0) >= 1.0
-        change = moved - forward
+        change = moved - start
         apart = np.clip(np.sqrt((change * change).sum(axis=2)) - EXTRAPOLATE_AGREE_PX, 0.0, 1.0)
-        out = forward + (np.where(seen, deep, 0.0) * apart)[:, :, None] * change
-    return out.astype(np.float32)
+        out = start + (np.where(seen, deep, 0.0) * apart)[:, :, None] * change
+    whole = forward.astype(np.float32, copy=True)
+    whole[box] = out
+    return whole
 
 
 def _affine_base(flow: np.ndarray, valid: np.ndarray) -> np.ndarray | None:

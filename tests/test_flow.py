@@ -362,6 +362,36 @@ def test_extrapolate_keeps_the_surroundings_motion_where_the_two_agree():
     assert F.extrapolate(forward, lambda: pytest.fail("found the flow beyond for nothing"), thin, none) is forward
 
 
+def test_extrapolate_over_the_deep_pixels_box_is_the_whole_frames_steps():
+    """The steps run over the bounding box of the pixels deep in the hole; each pixel's
+    result depends on its own flow alone, so it is the whole frame's computation: every
+    pixel equal to the formula applied everywhere (random flows reaching past the frame,
+    two holes far apart, a source hole and errors)."""
+    h, w = 90, 140
+    rng = np.random.default_rng(3)
+    forward = rng.uniform(-6, 6, (h, w, 2)).astype(np.float32)
+    beyond = rng.uniform(-9, 9, (h, w, 2)).astype(np.float32)
+    error = rng.uniform(0, 2 * F.EXTRAPOLATE_MAX_ERROR_PX, (h, w)).astype(np.float32)
+    target_hole = _box_hole(h, w, 5, 45, 3, 40) + _box_hole(h, w, 50, 88, 100, 136)
+    source_hole = _box_hole(h, w, 20, 70, 30, 110)
+    out = F.extrapolate(forward, lambda: (beyond, error), target_hole, source_hole)
+
+    depth = cv2.distanceTransform((target_hole > 0).astype(np.uint8), cv2.DIST_L2, 5)
+    deep = np.clip((depth - F.EXTRAPOLATE_DEPTH_PX) / F.EXTRAPOLATE_RAMP_PX, 0.0, 1.0)
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    shown = ((source_hole <= 0) & (error < F.EXTRAPOLATE_MAX_ERROR_PX)).astype(np.float32)
+    want = forward
+    for _ in range(F.EXTRAPOLATE_STEPS):
+        ax, ay = gx + want[..., 0], gy + want[..., 1]
+        moved = cv2.remap(beyond, ax, ay, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        seen = cv2.remap(shown, ax, ay, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0) >= 1.0
+        change = moved - forward
+        apart = np.clip(np.sqrt((change * change).sum(axis=2)) - F.EXTRAPOLATE_AGREE_PX, 0.0, 1.0)
+        want = forward + (np.where(seen, deep, 0.0) * apart)[:, :, None] * change
+    assert (deep > 0).sum() > 500 and not np.array_equal(out, forward)
+    np.testing.assert_array_equal(out, want.astype(np.float32))
+
+
 def _bf_pairs(query, train):
     return [(m.queryIdx, m.trainIdx) for m in cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True).match(query, train)]
 
