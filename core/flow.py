@@ -308,7 +308,8 @@ def extrapolate(forward: np.ndarray, beyond_flow: Callable[[], tuple], target_ho
     """
     depth = cv2.distanceTransform((target_hole > 0).astype(np.uint8), cv2.DIST_L2, 5)
     deep = np.clip((depth - EXTRAPOLATE_DEPTH_PX) / EXTRAPOLATE_RAMP_PX, 0.0, 1.0)
-    rows, cols = np.nonzero((deep > 0).any(axis=1))[0], np.nonzero((deep > 0).any(axis=0))[0]
+    inside = deep > 0
+    rows, cols = np.nonzero(inside.any(axis=1))[0], np.nonzero(inside.any(axis=0))[0]
     if rows.size == 0:
         return forward
     beyond, beyond_error = beyond_flow()
