@@ -47,6 +47,8 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from .roi import mask_bbox
+
 __all__ = ["flow", "flow_between", "FlowFrame", "warp", "complete_flow", "extrapolate", "consistency_error",
            "cross_matches", "DEFAULT_WORK_SIZE", "OUT_OF_FRAME_ERROR"]
 
@@ -308,15 +310,14 @@ def extrapolate(forward: np.ndarray, beyond_flow: Callable[[], tuple], target_ho
     """
     depth = cv2.distanceTransform((target_hole > 0).astype(np.uint8), cv2.DIST_L2, 5)
     deep = np.clip((depth - EXTRAPOLATE_DEPTH_PX) / EXTRAPOLATE_RAMP_PX, 0.0, 1.0)
-    inside = deep > 0
-    rows, cols = np.nonzero(inside.any(axis=1))[0], np.nonzero(inside.any(axis=0))[0]
-    if rows.size == 0:
+    bbox = mask_bbox(deep)
+    if bbox is None:
         return forward
     beyond, beyond_error = beyond_flow()
     shown = ((source_hole <= 0) & (beyond_error < EXTRAPOLATE_MAX_ERROR_PX)).astype(np.float32)
     # Only pixels deep in the hole change, each from its own flow alone: the steps run over
     # their bounding box (a walker's hole is a few % of the frame), sampling the whole frames.
-    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    box = (slice(bbox[0], bbox[2]), slice(bbox[1], bbox[3]))
     start, grid, deep = forward[box], _grid(*forward.shape[:2])[box], deep[box]
     out = start
     for _ in range(EXTRAPOLATE_STEPS):
