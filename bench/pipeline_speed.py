@@ -247,6 +247,19 @@ FIRST_FRAME = 1001
 COMPUTE = ("flow", "search", "network", "fusion")
 
 
+def _segment_problem(clips, frames: int) -> str:
+    """Why some clip's benchmark segment cannot be ``frames`` long (a cut, the clip's end), or ''."""
+    from keyprop.core.training import footage
+
+    for clip in clips:
+        source = UPSCALED.get(clip, (clip,))[0]
+        try:
+            footage.check_segment(source, footage.DEFAULT_START[source], frames)
+        except ValueError as e:
+            return str(e)
+    return ""
+
+
 def real_shot(clip: str, kind: str, frames: int, seed: int = 0):
     """A real-footage shot (core.training.footage) of ``clip`` (see REAL_CLIPS): the clip at
     native size, or for an UPSCALED name the source clip's default segment upscaled, with
@@ -745,6 +758,11 @@ def main(argv=None):
         p.error("--frames: at least 3 (two keyframes and a frame to fill)")
     if args.repeat < 1:
         p.error("--repeat: at least 1")
+    if "real" in (args.only or ["real"]):
+        problem = _segment_problem(args.clips, args.frames)
+        if problem:
+            print(f"pipeline_speed.py: --frames {args.frames}: {problem}", file=sys.stderr)
+            sys.exit(2)
     for part in args.only or ["fps", "roi", "wire", "memory", "real"]:
         print(f"== {part}")
         {"fps": bench_fps, "roi": bench_roi, "wire": bench_wire, "memory": bench_memory,

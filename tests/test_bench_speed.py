@@ -112,3 +112,12 @@ def test_against_an_unknown_revision_is_one_line(capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("pipeline_speed.py: --against no-such-revision: ")
+
+
+def test_frames_past_a_cut_is_one_line(capsys):
+    bench = load_bench()
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--only", "real", "--clips", "bikes", "--frames", "48"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("pipeline_speed.py: --frames 48: segment bikes[31:79] crosses a cut")
