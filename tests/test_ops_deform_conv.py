@@ -117,6 +117,31 @@ def test_export_keeps_one_node():
     assert not any("grid_sampler" in t for t in targets)
 
 
+def test_inference_mode_gives_the_ops_values_without_importing_dynamo():
+    """Under torch.inference_mode (the engines) the op's kernel runs directly: the same values
+    as through the registered op, and no torch._dynamo import (1.5-2.6 s, paid by a run's
+    first network fill when the op's dispatch made it)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from keyprop.core.ops import deform_conv2d\n"
+        "torch.manual_seed(0)\n"
+        "x, offset, mask = torch.randn(1, 4, 9, 7), torch.randn(1, 36, 9, 7) * 2, torch.rand(1, 18, 9, 7)\n"
+        "weight, bias = torch.randn(5, 4, 3, 3), torch.randn(5)\n"
+        "with torch.inference_mode():\n"
+        "    fast = deform_conv2d(x, offset, weight, bias, mask, 1, 1, 1, 1, 2)\n"
+        "assert 'torch._dynamo' not in sys.modules\n"
+        "with torch.no_grad():\n"
+        "    op = deform_conv2d(x, offset, weight, bias, mask, 1, 1, 1, 1, 2)\n"
+        "assert 'torch._dynamo' in sys.modules\n"   # the op's dispatch: the path the bypass avoids
+        "assert torch.equal(fast, op)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+
+
 def test_flow_warp_is_bilinear_backward_warp():
     feats = torch.randn(2, 3, 10, 12, dtype=torch.float64)
     flow = torch.randn(2, 2, 10, 12, dtype=torch.float64) * 3

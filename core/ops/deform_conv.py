@@ -227,6 +227,13 @@ def deform_conv2d(
         mask = offset.new_ones((offset.shape[0], offset_groups * kh * kw) + tuple(offset.shape[2:]))
     if bias is None:
         bias = weight.new_zeros((c_out,))
+    if torch.is_inference_mode_enabled() and not torch.jit.is_tracing():
+        # Inference (the engines run under torch.inference_mode): the op's own kernel, called
+        # directly. The op's first call through the dispatcher imports torch._dynamo (1.5-2.6 s
+        # of Python on one core: a keyless run's first network fill took 1.6-2.5 s, later ones
+        # 0.1-0.7), and there is no graph here to keep it opaque in nor gradient to take.
+        return deform_conv2d_reference(input, offset, mask, weight, bias, stride, padding, dilation, int(groups),
+                                       int(offset_groups))
     return _deform_conv2d_op(input, offset, mask, weight, bias, list(stride), list(padding), list(dilation),
                              int(groups), int(offset_groups))
 
