@@ -23,7 +23,9 @@ an exact bilinear backward warp: ``out(y, x) = input(y + flow_y, x + flow_x)``. 
 The op is registered with ``torch.library`` as ``keyprop::deform_conv2d`` so that it stays
 one opaque node in traced / exported graphs; its kernel and its backward are the pure
 PyTorch function :func:`deform_conv2d_reference` (no compiled extension: torchvision
-cannot be installed here).
+cannot be installed here). Under ``torch.inference_mode`` (the engines' fills) that function
+is called directly: the same values, without the dispatcher's first-call import of
+torch._dynamo.
 """
 from __future__ import annotations
 
