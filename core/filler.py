@@ -21,7 +21,7 @@ import logging
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future
-from typing import Callable, Container, Dict, List, Optional, Sequence
+from typing import Callable, Container, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -56,6 +56,9 @@ MIN_SOURCE_GAIN = 0.02
 # Share of the hole below which what no source shows is filled from its surroundings instead
 # of by the network (whose pass costs the whole working area, however few pixels it is for).
 SMALL_UNSHOWN = 0.05
+# The network's pass covers the fusion box (network_box) unless that would be more than this
+# share of the working area: then all of it, as before.
+NETWORK_BOX_SHARE = 0.75
 # Or when it is thin: nowhere farther than this many working pixels from a pixel that is known
 # or shown (a wire's end, a stripe along a matte's edge), where Telea continues the
 # surroundings across as well as the network does.
@@ -280,8 +283,12 @@ class ShotFiller:
             return work, crop, self._flow_frame(work, None, None)
         return self._keys.get_or(frame, make)
 
-    def _key_handle(self, frame: int):
-        """The engine's encoding of a keyframe, made the first time the network runs."""
+    def _key_handle(self, frame: int, box=None):
+        """The engine's encoding of a keyframe, made the first time the network runs; of its
+        part ``box`` (two slices of the working area) when given (made each time)."""
+        if box is not None:
+            work = self.keyframe(frame)[0][box]
+            return self.engine.encode_keyframe(self._net_input(work, np.zeros(work.shape[:2], np.float32)))
         if frame not in self._key_handles:
             work = self.keyframe(frame)[0]
             self._key_handles[frame] = self.engine.encode_keyframe(
@@ -301,7 +308,12 @@ class ShotFiller:
     def _flow_frame(self, rgb, hole, tag):
         return flowlib.FlowFrame(rgb, hole, max(self.roi.work_h, self.roi.work_w), tag)
 
-    def _plate_handle(self, frame: int):
+    def _plate_handle(self, frame: int, box=None):
+        """The engine's encoding of a plate frame as a source (cached); of its part ``box``
+        when given (made each time)."""
+        if box is not None:
+            rgb, hole = self.plate_frame(frame)[:2]
+            return self.engine.encode_keyframe(self._net_input(rgb[box], hole[box]))
         return self._encoded.get_or(frame, lambda: self.engine.encode_keyframe(self._net_input(*self.plate_frame(frame)[:2])))
 
     def _flow(self, target: flowlib.FlowFrame, source: flowlib.FlowFrame, source_key=None):
@@ -472,7 +484,7 @@ class ShotFiller:
             key_work, key_plate, key_flow = self.keyframe(k)
             f, e = self._flow(target_flow, key_flow, ("key", k))
             detail_key = (len(sources), key_plate, f, e) if detail_key is None else detail_key
-            sources.append((lambda k=k: self._key_handle(k), f, e, flowlib.warp(key_work, f[at], origin=origin), e[at],
+            sources.append((lambda box=None, k=k: self._key_handle(k, box), f, e, flowlib.warp(key_work, f[at], origin=origin), e[at],
                             abs(k - here) if frame is not None else 0, k))
         if self._searches_plate(key_frames, source_candidates):
             for cand, f, e in self.choose_sources(target_flow, hole, source_candidates,
@@ -483,7 +495,7 @@ class ShotFiller:
                 # gradients the gradient-domain composite would carry in).
                 lands = flowlib.warp(cv2.dilate(src_hole, SOURCE_HOLE_RIM), f[at], origin=origin)
                 blend_err = np.where(lands > 0, flowlib.OUT_OF_FRAME_ERROR, e[at])
-                sources.append((lambda c=cand: self._plate_handle(c), f, e, flowlib.warp(src, f[at], origin=origin),
+                sources.append((lambda box=None, c=cand: self._plate_handle(c, box), f, e, flowlib.warp(src, f[at], origin=origin),
                                 blend_err, abs(cand - here) if frame is not None else 0, cand))
         carried = self._carried(frame, target_flow, at, origin) if self._carries() else None
         target_box, hole_box, region_box, plate_box = target[at], hole[at], region[at], plate_work[at]
@@ -512,7 +524,7 @@ class ShotFiller:
             # without a network pass over the whole working area.
             context = context_fill(target_box, hole_box)
         else:
-            context = self._network_fill(target, hole, sources)[at]
+            context = self._network_fill(target, hole, sources, within=at)[at]
         share = None
         if warps:
             fused = fuse(warps, target_box, hole_box, context)
@@ -572,10 +584,21 @@ class ShotFiller:
         f, e = self._flow(target_flow, self.plate_frame(prev)[2])
         return Warped(flowlib.warp(composed, f[at], origin=origin), e[at], 1, prev)
 
-    def _network_fill(self, target, hole, sources, base: Optional[np.ndarray] = None) -> np.ndarray:
+    def _network_fill(self, target, hole, sources, base: Optional[np.ndarray] = None,
+                      within: Optional[tuple] = None) -> np.ndarray:
         """The network's fill (h, w, 3) at working size from the given sources (or the frame
         itself, holed, when there are none: single-image inpainting); ``base`` (h, w, 3): the
-        fused fill a fused_base model corrects."""
+        fused fill a fused_base model corrects. ``within`` (two slices): only that part of the
+        fill is wanted; with sources, on an engine that runs any size (``min_side``), the pass
+        covers that part grown to whole strides (network_box) and the rest is zeros."""
+        box = network_box(within, hole.shape, self.engine) if within is not None and sources and base is None \
+            else None
+        if box is not None:
+            fill = np.zeros(hole.shape + (3,), np.float32)
+            fill[box] = self._network_fill(target[box], hole[box],
+                                           [(lambda _=None, make=make: make(box), f[box], e[box]) + tuple(rest)
+                                            for make, f, e, *rest in sources])
+            return fill
         net_input = self._net_input(target, hole)
         if sources:
             handles = [make() for make, *_ in sources]
@@ -645,6 +668,32 @@ def fusion_box(hole: np.ndarray, region: np.ndarray, margin: Optional[int] = Non
         return 0, 0, h, w
     y0, x0, y1, x1 = box
     return max(0, y0 - margin), max(0, x0 - margin), min(h, y1 + margin), min(w, x1 + margin)
+
+
+def network_box(within: tuple, shape: Tuple[int, int], engine) -> Optional[tuple]:
+    """Two slices of the working area (``shape``) that contain ``within`` (two slices), grown to
+    whole strides of ``engine`` and at least its ``min_side`` a side (centred on ``within``,
+    moved inside the area); None for an engine without ``min_side`` (fixed-size graphs: ONNX)
+    or where the box would be most of the area anyway (NETWORK_BOX_SHARE).
+
+    A window start with much of its hole shown by no source ran the network over the whole
+    working area: four sources encoded and one pass, 1.7-2.3 s a frame at 1280x720 against a
+    0.3-0.4 s median (32-frame keyless walkers). Over the fusion box (the hole and region
+    and FUSION_MARGIN around them) it costs 40-45 % of that (bbb_walker)."""
+    min_side = getattr(engine, "min_side", None)
+    if min_side is None:
+        return None
+    stride = int(engine.stride)
+
+    def grow(part: slice, n: int):
+        size = min(n, max(-(-(part.stop - part.start) // stride) * stride, -(-int(min_side) // stride) * stride))
+        start = min(max(0, part.start - (size - (part.stop - part.start)) // 2), n - size)
+        return slice(start, start + size)
+
+    box = (grow(within[0], shape[0]), grow(within[1], shape[1]))
+    if (box[0].stop - box[0].start) * (box[1].stop - box[1].start) > NETWORK_BOX_SHARE * shape[0] * shape[1]:
+        return None
+    return box
 
 
 def thin(region: np.ndarray, radius: float = THIN_UNSHOWN) -> bool:

@@ -123,6 +123,9 @@ class TorchEngine:
             torch.set_num_threads(int(threads))
         self.model = prepare_for_inference(model, channels_last=self.device == "cpu").to(self.device)
         self.stride = model.cfg.stride
+        # Any frame size of whole strides from this side up runs (KeyPropNet.check_size): the
+        # pipeline may run the network over part of the working area (ShotFiller._network_fill).
+        self.min_side = model.cfg.stride * model.cfg.num_latents_sqrt // 2 + model.cfg.stride
         self.context_base = model.cfg.context_base   # frames get their hole prefilled first
         self._network_frame = NetworkFrames(self.context_base)
         self.fused_base = model.cfg.fused_base       # fills correct the pipeline's fused fill
