@@ -54,7 +54,8 @@ SOURCE_OFFSETS = (1, -1, 2, -2, 4, -4, 8, -8, 16, -16, 32, -32)
 # A plate source must show at least this share of the target's hole (once aligned).
 MIN_SOURCE_GAIN = 0.02
 # Share of the hole below which what no source shows is filled from its surroundings instead
-# of by the network (whose pass costs the whole working area, however few pixels it is for).
+# of by the network (whose pass costs its sources' encodings and a pass over the fusion box, or
+# the whole working area: network_box, however few pixels it is for).
 SMALL_UNSHOWN = 0.05
 # The network's pass covers the fusion box (network_box) unless that would be more than this
 # share of the working area: then all of it, as before.
@@ -286,15 +287,15 @@ class ShotFiller:
     def _key_handle(self, frame: int, box=None):
         """The engine's encoding of a keyframe, made the first time the network runs; of its
         part ``box`` (two slices of the working area) when given (made each time)."""
-        if box is not None:
-            work = self.keyframe(frame)[0][box]
-            return self.engine.encode_keyframe(self._net_input(work, np.zeros(work.shape[:2], np.float32)))
-        if frame not in self._key_handles:
-            work = self.keyframe(frame)[0]
-            self._key_handles[frame] = self.engine.encode_keyframe(
-                self._net_input(work, np.zeros(work.shape[:2], np.float32)))
+        if box is None and frame in self._key_handles:
+            return self._key_handles[frame]
+        work = self.keyframe(frame)[0]
+        work = work if box is None else work[box]
+        handle = self.engine.encode_keyframe(self._net_input(work, np.zeros(work.shape[:2], np.float32)))
+        if box is None:
+            self._key_handles[frame] = handle
             log.debug("encoded keyframe %d at %dx%d", frame, work.shape[1], work.shape[0])
-        return self._key_handles[frame]
+        return handle
 
     def plate_frame(self, frame: int, load: Optional[Callable[[], tuple]] = None):
         """A plate frame prepared once, for its use as a source and as the target: (working RGB

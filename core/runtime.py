@@ -125,7 +125,7 @@ class TorchEngine:
         self.stride = model.cfg.stride
         # Any frame size of whole strides from this side up runs (KeyPropNet.check_size): the
         # pipeline may run the network over part of the working area (ShotFiller._network_fill).
-        self.min_side = model.cfg.stride * model.cfg.num_latents_sqrt // 2 + model.cfg.stride
+        self.min_side = model.min_side
         self.context_base = model.cfg.context_base   # frames get their hole prefilled first
         self._network_frame = NetworkFrames(self.context_base)
         self.fused_base = model.cfg.fused_base       # fills correct the pipeline's fused fill

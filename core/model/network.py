@@ -204,6 +204,11 @@ class KeyPropNet(nn.Module):
         self.out_act = {"sigmoid": nn.Sigmoid(), "tanh": nn.Tanh(), "none": nn.Identity()}[cfg.out_act]
 
     # --- checks -------------------------------------------------------------------------
+    @property
+    def min_side(self) -> int:
+        """The fewest pixels a side (in whole strides) that check_size lets through."""
+        return self.cfg.stride * self.cfg.num_latents_sqrt // 2 + self.cfg.stride
+
     def check_size(self, h: int, w: int, what: str = "frames") -> None:
         """Raise ValueError unless (h, w) can run through the network."""
         stride, grid = self.cfg.stride, self.cfg.num_latents_sqrt
@@ -211,7 +216,7 @@ class KeyPropNet(nn.Module):
             raise ValueError(f"{what}: height and width must be multiples of {stride}, got {h}x{w}")
         if round(h / stride / grid) < 1 or round(w / stride / grid) < 1:
             raise ValueError(f"{what}: {h}x{w} is too small for a {grid}x{grid} latent grid "
-                             f"(need at least {stride * grid // 2 + stride} pixels a side)")
+                             f"(need at least {self.min_side} pixels a side)")
 
     # --- the two passes -----------------------------------------------------------------
     def encode(self, frames: torch.Tensor):
