@@ -4,12 +4,16 @@ are those of one thread doing everything (--threads 1), and what they keep is dr
 import threading
 import time
 
+import cv2
+import numpy as np
 import pytest
 
 from keyprop.core import filler as filler_mod
+from keyprop.core import io
 from keyprop.core import flow as flowlib
 from keyprop.core.api import SetupEvent, Settings, propagate
 from keyprop.core.runtime import create_engine
+from keyprop.core.shot import Shot
 
 from test_parallel_windows import FIRST, MODEL, N, into, outputs, write_long_shot
 
@@ -226,3 +230,51 @@ def test_a_frames_search_begins_once_its_likely_flows_are_made(tmp_path, engine,
         parts = [b for name, f, _, b in spans if name == "find_pair" and f == frame]
         assert parts and all(end <= began for end in parts), frame
     assert caches[0].last_search[0] is not None and caches[0].last_search[1]
+
+
+def write_slow_blob_shot(root, frames=range(101, 121)) -> Shot:
+    """A still textured plate with a wide blob creeping 1 px a frame: the frames around a
+    window's first frame show little of its hole, so its fill (which carries nothing from
+    the frame before) runs the network; later frames take the carried fill instead."""
+    rng = np.random.default_rng(11)
+    clean = cv2.GaussianBlur(rng.random((80, 120, 3)).astype(np.float32), (0, 0), 2.0)
+    clean = (clean - clean.min()) / (clean.max() - clean.min())
+    for i, f in enumerate(frames):
+        mask = np.zeros((80, 120), np.float32)
+        mask[20:60, 30 + i:66 + i] = 1.0
+        plate = np.where(mask[:, :, None] > 0, np.float32(0.05), clean)
+        io.write_image(root / f"plate.{f:04d}.png", plate, like=io.ImageFormat(".png", "uint8", 3))
+        io.write_image(root / f"mask.{f:04d}.png", mask, like=io.ImageFormat(".png", "uint8", 1))
+    return Shot(str(root / "plate.####.png"), str(root / "mask.####.png"), "", str(root / "out" / "fill.####.png"))
+
+
+def test_a_windows_first_frame_runs_its_network_ahead_on_a_lookahead_thread(tmp_path, engine, monkeypatch):
+    """A window's first frame that wants the network (ShotFiller.network_ahead) gets its pass
+    made ahead on a lookahead thread, while the frames before it are filled, and its fill
+    finds it made: every pass but the run's first frame's is made there, none twice, and the
+    bytes are those of one thread (which makes them all itself)."""
+    shot = write_slow_blob_shot(tmp_path)
+    passes, lock = [], threading.Lock()
+    real_fill = type(engine).fill
+
+    def recording(self, target, *args, **kwargs):
+        with lock:
+            passes.append(threading.current_thread().name.rsplit("_", 1)[0])
+        return real_fill(self, target, *args, **kwargs)
+
+    monkeypatch.setattr(type(engine), "fill", recording)
+    propagate(into(shot, tmp_path / "one"), Settings(model=MODEL, threads=1), engine=engine)
+    one = list(passes)
+    # Windows 96-103 (the run's first frame, 101), 104-111, 112-119, 120: four first frames.
+    assert one == ["MainThread"] * 4
+    passes.clear()
+    real_shot_fill = filler_mod.ShotFiller.fill
+
+    def slow(self, *args, **kwargs):   # the filling thread behind: its lookahead is ahead
+        time.sleep(0.05)
+        return real_shot_fill(self, *args, **kwargs)
+
+    monkeypatch.setattr(filler_mod.ShotFiller, "fill", slow)
+    propagate(into(shot, tmp_path / "ahead"), Settings(model=MODEL, threads=2, parallel_windows=1), engine=engine)
+    assert outputs(tmp_path / "one") == outputs(tmp_path / "ahead")
+    assert sorted(passes) == ["MainThread"] + ["keyprop-ahead"] * 3
