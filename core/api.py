@@ -851,13 +851,6 @@ class _WindowFills:
 # 50 MB more at 1080p (--only memory): two.
 LOOKAHEAD = 2
 AHEAD_FRAMES = 2
-# A window's first frame (no fill carried to it) is looked ahead this many frames sooner: its
-# search and its network pass (ShotFiller.network_ahead) are then spread over the frames filled
-# meanwhile. Keyless 32-frame bbb_walker, two runs each, its window starts against the median
-# frame: 3.5-4.5x looked ahead among the next frames, 3.1-3.3x with their network pass made
-# ahead, 2.1-3.1x sooner by 3 frames, 1.9-2.1x by 4, 1.9-2.0x by 5; by 7 the load moved to
-# the frames between (2.1-2.3x). Same bytes.
-EARLY = 5
 
 
 class _Tasks:
@@ -947,12 +940,10 @@ class _FlowsAhead:
     flows to the frames before it made by their fills (with windows side by side it made
     them all itself). The filling thread takes a frame's flows no thread has begun itself
     (:meth:`help`). A guessed flow its search then does not try is the only work done in
-    vain. A window's first frame, whose fill carries nothing from the frame before, is
-    looked ahead EARLY frames sooner, and after its search its network fill is made should
-    its fill want one (ShotFiller.network_ahead): the window starts of slow occluders'
-    keyless shots cost their network pass on top of a frame. The values are those the fill
-    would make itself: the same pixels. An error here is left for the frame's own fill to
-    raise, in frame order."""
+    vain. A window's first frame, whose fill carries nothing from the frame before, gets its
+    network fill made after its search should its fill want one (ShotFiller.network_ahead).
+    The values are those the fill would make itself: the same pixels. An error here is left
+    for the frame's own fill to raise, in frame order."""
 
     def __init__(self, new_filler, frames, keys, fill_target, is_filled, plan, candidates, threads: int,
                  depth: int, limit: int, tries=lambda: ()):
@@ -965,8 +956,7 @@ class _FlowsAhead:
         # frame (its search), ("part", frame, source) or ("network", frame) -> Future
         self._futures: Dict[object, object] = {}
         self._fillers = _Fillers(new_filler)        # (filler, loader) of each lookahead thread
-        self._queued: set = set()    # frames whose lookahead is queued
-        self._firsts: Dict[int, bool] = {}   # frame -> whether it is a window's first (_first_of_window)
+        self._submitted = 0
         self._pool = _Tasks(threads, "keyprop-ahead", flowlib.directions_in_turn) if self.depth else None
 
     def carried(self, k: int) -> bool:
@@ -980,46 +970,33 @@ class _FlowsAhead:
         tried = [k + o for o in self._tries() if k + o in candidates]
         return [("key", j) for j in plan] + (tried or list(candidates[:max(0, min(2, self._limit - len(plan)))]))
 
-    def start(self, k: int, at: tuple = None) -> None:
+    def start(self, k: int) -> None:
         """Frame ``k``'s likely flows, side by side on the lookahead threads (the run's first
-        frame's: :func:`propagate`'s prime), at priority ``at`` (default: ``k``'s own)."""
+        frame's: :func:`propagate`'s prime)."""
         if self._pool is None:
             return
-        at = (self._index.get(k, -1), 0) if at is None else at
         for part in self._parts(k):
-            self._futures[("part", k, part)] = self._pool.submit(at, self._find, k, part)
-
-    def _first_of_window(self, k: int) -> bool:
-        """Whether frame ``k``'s fill carries nothing from the frame before (kept once asked)."""
-        if k not in self._firsts:
-            self._firsts[k] = not self.carried(k)
-        return self._firsts[k]
+            self._futures[("part", k, part)] = self._pool.submit((self._index.get(k, -1), 0), self._find, k, part)
 
     def submit(self, frame: int) -> None:
         """Queue the ``depth`` frames to fill after ``frame`` for the lookahead threads: each
-        frame's likely flows, then the rest of its search once they are made; and a window's
-        first frame (its fill carries nothing: ShotFiller.network_ahead) EARLY frames sooner,
-        after those flows and that search, its network fill."""
+        frame's likely flows, then the rest of its search once they are made."""
         if self._pool is None or frame not in self._index:
             return
-        i = self._index[frame]
-        for j in range(i + 1, min(len(self._frames), i + 1 + self.depth + EARLY)):
-            k = self._frames[j]
-            if k in self._queued or not self._fill_target(k):
-                continue
-            first = self._first_of_window(k)
-            if j > i + self.depth and not first:
-                continue
-            self._queued.add(k)
-            # A window's first frame behind the work of the frame EARLY frames before it: its
-            # search and network are spread over the frames filled meanwhile.
-            at = (j - EARLY, 2) if first else (j, 0)
-            self.start(k, at)
-            parts = [f for key, f in self._futures.items() if isinstance(key, tuple) and key[:2] == ("part", k)]
-            self._futures[k] = self._pool.submit((at[0], at[1] + 1), self._find, k, after=parts)
-            if first:
-                self._futures[("network", k)] = self._pool.submit((at[0], at[1] + 2), self._find, k, "network",
-                                                                  after=[self._futures[k]])
+        upto = min(len(self._frames), self._index[frame] + 1 + self.depth)
+        self._submitted = max(self._submitted, self._index[frame] + 1)
+        while self._submitted < upto:
+            k = self._frames[self._submitted]
+            self._submitted += 1
+            if self._fill_target(k):
+                self.start(k)
+                parts = [f for key, f in self._futures.items() if isinstance(key, tuple) and key[:2] == ("part", k)]
+                self._futures[k] = self._pool.submit((self._index[k], 1), self._find, k, after=parts)
+                if not self.carried(k):
+                    # A window's first frame: its network fill, should its fill want one, once
+                    # its search is done (ShotFiller.network_ahead).
+                    self._futures[("network", k)] = self._pool.submit((self._index[k], 2), self._find, k, "network",
+                                                                      after=[self._futures[k]])
 
     def help(self, filler, pixels, mask, frame: int) -> None:
         """On the filling thread, before ``frame``'s fill: its likely flows no lookahead
@@ -1028,7 +1005,7 @@ class _FlowsAhead:
         if self._pool is None:
             return
         parts = [key for key in self._futures if isinstance(key, tuple) and key[:2] == ("part", frame)]
-        for key in (frame, ("network", frame)):
+        for key in (("network", frame), frame):   # the network first: it waits on the search
             if key in self._futures and self._futures[key].cancel():
                 del self._futures[key]
         if parts and mask is not None and (mask > 0).any():
