@@ -748,3 +748,46 @@ def test_bar_line_ends_before_a_log_record():
     lines = stream.getvalue().split("\n")
     assert lines[0].startswith("\r[") and lines[1] == "frame 102: a warning" and lines[2].startswith("\r[")
     assert lines[3:] == [""]
+
+
+def test_a_fill_that_carries_nothing_looks_farther_for_what_its_nearest_frames_hide():
+    """A still plate with a blob creeping 1 px a frame: each near frame reveals a sliver of
+    the target's hole. The usual search keeps the nearest four and leaves most of the hole to
+    the network; a fill that carries nothing (``farther``) goes on, and farther frames take
+    the places of those that add least until the hole is revealed."""
+    from keyprop.core.api import ShotFiller, source_candidates
+    from keyprop.core.roi import plan_roi
+
+    rng = np.random.default_rng(2)
+    clean = cv2.GaussianBlur(rng.random((64, 160, 3)).astype(np.float32), (0, 0), 2.0)
+    frames, masks = [], []
+    for i in range(40):
+        mask = np.zeros((64, 160), np.float32)
+        mask[16:48, 40 + i:60 + i] = 1.0
+        frames.append(np.where(mask[:, :, None] > 0, np.float32(0.05), clean))
+        masks.append(mask)
+    engine = create_engine("torch", model=MODEL, threads=1)
+    roi = plan_roi((0, 0, 64, 160), (64, 160), 640, engine.stride)
+    filler = ShotFiller(engine, roi, Settings(), False, key_loader=None,
+                        source_loader=lambda k: (frames[k], masks[k]))
+    _, hole, target = filler.plate_frame(20)
+    candidates = source_candidates(20, set(range(40)))
+
+    def revealed(chosen) -> float:
+        ys, xs = np.nonzero(hole)
+        seen = np.zeros(ys.size, bool)
+        for cand, flow, _ in chosen:
+            cand_hole = filler.plate_frame(cand)[1]
+            qy = np.clip(np.rint(ys + flow[ys, xs, 1]).astype(int), 0, hole.shape[0] - 1)
+            qx = np.clip(np.rint(xs + flow[ys, xs, 0]).astype(int), 0, hole.shape[1] - 1)
+            seen |= cand_hole[qy, qx] == 0
+        return float(seen.mean())
+
+    nearest = filler.choose_sources(target, hole, candidates, 4)
+    assert [c for c, _, _ in nearest] == [21, 19, 22, 18]
+    assert revealed(nearest) < 0.3
+    farther = filler.choose_sources(target, hole, candidates, 4, farther=True)
+    picked = [c for c, _, _ in farther]
+    assert len(picked) <= 4 and picked == sorted(picked, key=candidates.index)
+    assert max(abs(c - 20) for c in picked) >= 8
+    assert revealed(farther) >= 0.98
