@@ -377,7 +377,7 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
         ahead_flows = _FlowsAhead(lambda: new_filler(locked), frames, keys_set, fill_target=lambda f: not written(f),
             is_filled=is_filled, plan=key_plan, candidates=lambda k: source_candidates(k, plate_with_masks),
             threads=lookahead if windows is None and filler is not None else 0, depth=ahead_frames,
-            limit=settings.max_sources, tries=lambda: shared.last_search[1])
+            limit=settings.max_sources, tries=lambda farther: shared.last_search[farther][1])
 
         def prime(frame):
             """The setup's end, one frame after another: the run's first frame to fill made
@@ -930,7 +930,7 @@ class _FlowsAhead:
     find the flows of the next ``depth`` frames to fill while the filling thread composes the
     current frame, whose fill then finds its flows made. Per frame, nearest frame first
     (:class:`_Tasks`): its likely flows one task each (ShotFiller.find_pair: to its
-    keyframes, and to the plate frames the latest search tried, ShotCaches.last_search; the
+    keyframes, and to the plate frames the latest search of its kind tried, ShotCaches.last_search; the
     two nearest before any search), so the threads share the nearest frame and it is ready
     before the next; then, once those are made, the rest of its search (find_flows). Handed
     out a frame a thread, two frames were made ready together and were filled and written
@@ -946,13 +946,13 @@ class _FlowsAhead:
     for the frame's own fill to raise, in frame order."""
 
     def __init__(self, new_filler, frames, keys, fill_target, is_filled, plan, candidates, threads: int,
-                 depth: int, limit: int, tries=lambda: ()):
+                 depth: int, limit: int, tries=lambda farther: ()):
         self._frames = [f for f in frames if f not in keys]
         self._index = {f: i for i, f in enumerate(self._frames)}
         self._fill_target, self._is_filled, self._plan, self._candidates = fill_target, is_filled, plan, candidates
         self.depth = depth if threads else 0   # frames ahead
         self._limit = limit                     # sources a frame takes
-        self._tries = tries   # the offsets the latest search tried (ShotCaches.last_search)
+        self._tries = tries   # farther -> the offsets the latest such search tried (ShotCaches.last_search)
         # frame (its search), ("part", frame, source) or ("network", frame) -> Future
         self._futures: Dict[object, object] = {}
         self._fillers = _Fillers(new_filler)        # (filler, loader) of each lookahead thread
@@ -967,7 +967,10 @@ class _FlowsAhead:
         """Frame ``k``'s flows most likely wanted: to its keyframes, and to the plate frames at
         the offsets the latest search tried (or, before any, its two nearest candidates)."""
         plan, candidates = self._plan(k), self._candidates(k)
-        tried = [k + o for o in self._tries() if k + o in candidates]
+        # A keyless window's first frame searches farther (ShotFiller.choose_sources): the
+        # latest such search's tries, else the latest search's.
+        farther = not plan and not self.carried(k)
+        tried = [k + o for o in (farther and self._tries(True)) or self._tries(False) if k + o in candidates]
         return [("key", j) for j in plan] + (tried or list(candidates[:max(0, min(2, self._limit - len(plan)))]))
 
     def start(self, k: int) -> None:

@@ -216,9 +216,10 @@ class ShotCaches:
         # ShotFiller._extrapolated: t -> t+1 is also the flow beyond for t-1 -> t.
         self.adjacent = SharedLRU((n + ahead) * 4)
         self.flows = FlowsByTarget()   # target tag -> source key -> (flow, error), while in work
-        # The latest search's tries: (target frame, offsets of the plate frames it flowed to,
-        # in order); the lookahead's first guess at the next targets' (core.api).
-        self.last_search = (None, ())
+        # The latest search's tries, of usual searches (False) and of searches that looked
+        # farther (True: ShotFiller.choose_sources): (target frame, offsets of the plate frames
+        # it flowed to, in order); the lookahead's first guess at the next targets' (core.api).
+        self.last_search = {False: (None, ()), True: (None, ())}
 
 
 class ShotFiller:
@@ -472,18 +473,18 @@ class ShotFiller:
                 if revealed(kept).mean() >= 0.98:
                     break
         finally:
-            if not farther:   # the lookahead's guess at the next frames' tries: a usual search's
-                self._searched(target, tried)
+            self._searched(target, tried, farther)
         order = {c: i for i, c in enumerate(candidates)}
         return [(c, kept[c][0], kept[c][1]) for c in sorted(kept, key=order.get)]
 
-    def _searched(self, target: flowlib.FlowFrame, tried: List[int]) -> None:
-        """Note a plate target's search's tries (ShotCaches.last_search), the latest target's."""
+    def _searched(self, target: flowlib.FlowFrame, tried: List[int], farther: bool = False) -> None:
+        """Note a plate target's search's tries (ShotCaches.last_search), the latest target's
+        of its kind (``farther``)."""
         if isinstance(target.tag, tuple) and target.tag[0] == "plate":
             frame = target.tag[1]
-            latest = self.shared.last_search[0]
+            latest = self.shared.last_search[farther][0]
             if latest is None or frame >= latest:
-                self.shared.last_search = (frame, tuple(c - frame for c in tried))
+                self.shared.last_search[farther] = (frame, tuple(c - frame for c in tried))
 
     def fill(self, pixels: np.ndarray, mask: np.ndarray, key_frames: Sequence[int],
              source_candidates: Sequence[int] = (), frame: Optional[int] = None) -> np.ndarray:

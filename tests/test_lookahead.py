@@ -229,7 +229,7 @@ def test_a_frames_search_begins_once_its_likely_flows_are_made(tmp_path, engine,
     for frame, began in searches:
         parts = [b for name, f, _, b in spans if name == "find_pair" and f == frame]
         assert parts and all(end <= began for end in parts), frame
-    assert caches[0].last_search[0] is not None and caches[0].last_search[1]
+    assert caches[0].last_search[False][0] is not None and caches[0].last_search[False][1]
 
 
 def write_slow_blob_shot(root, frames=range(101, 121)) -> Shot:
