@@ -373,6 +373,19 @@ def test_no_keyframes_fills_from_plate_frames(tmp_path, engine):
                           cv2.imread(str(tmp_path / "out" / "fill.0103.png")))
 
 
+def revealed(filler, hole, chosen) -> float:
+    """The share of the target's ``hole`` that the chosen sources [(frame, flow, error)] show
+    once aligned by their flows (outside their own holes)."""
+    ys, xs = np.nonzero(hole)
+    seen = np.zeros(ys.size, bool)
+    for cand, flow, _ in chosen:
+        cand_hole = filler.plate_frame(cand)[1]
+        qy = np.clip(np.rint(ys + flow[ys, xs, 1]).astype(int), 0, hole.shape[0] - 1)
+        qx = np.clip(np.rint(xs + flow[ys, xs, 0]).astype(int), 0, hole.shape[1] - 1)
+        seen |= cand_hole[qy, qx] == 0
+    return float(seen.mean())
+
+
 def test_sources_are_frames_that_reveal_the_hole(engine):
     from keyprop.core.api import ShotFiller, source_candidates
     from keyprop.core.roi import plan_roi
@@ -391,14 +404,7 @@ def test_sources_are_frames_that_reveal_the_hole(engine):
     assert picked and 2 not in picked
     assert len(picked) == len(set(picked)) <= 4
     # Together the sources show (nearly) all of the target's hole once aligned by their flows.
-    ys, xs = np.nonzero(hole)
-    revealed = np.zeros(ys.size, bool)
-    for cand, flow, _ in chosen:
-        _, cand_hole, _ = filler.plate_frame(cand)
-        qy = np.clip(np.rint(ys + flow[ys, xs, 1]).astype(int), 0, hole.shape[0] - 1)
-        qx = np.clip(np.rint(xs + flow[ys, xs, 0]).astype(int), 0, hole.shape[1] - 1)
-        revealed |= cand_hole[qy, qx] == 0
-    assert revealed.mean() > 0.9
+    assert revealed(filler, hole, chosen) > 0.9
     # Nearest first: frame 1 or 3 (the rig moved 12 px) reveals part of the hole already.
     assert picked[0] in (1, 3)
 
@@ -773,21 +779,11 @@ def test_a_fill_that_carries_nothing_looks_farther_for_what_its_nearest_frames_h
     _, hole, target = filler.plate_frame(20)
     candidates = source_candidates(20, set(range(40)))
 
-    def revealed(chosen) -> float:
-        ys, xs = np.nonzero(hole)
-        seen = np.zeros(ys.size, bool)
-        for cand, flow, _ in chosen:
-            cand_hole = filler.plate_frame(cand)[1]
-            qy = np.clip(np.rint(ys + flow[ys, xs, 1]).astype(int), 0, hole.shape[0] - 1)
-            qx = np.clip(np.rint(xs + flow[ys, xs, 0]).astype(int), 0, hole.shape[1] - 1)
-            seen |= cand_hole[qy, qx] == 0
-        return float(seen.mean())
-
     nearest = filler.choose_sources(target, hole, candidates, 4)
     assert [c for c, _, _ in nearest] == [21, 19, 22, 18]
-    assert revealed(nearest) < 0.3
+    assert revealed(filler, hole, nearest) < 0.3
     farther = filler.choose_sources(target, hole, candidates, 4, farther=True)
     picked = [c for c, _, _ in farther]
     assert len(picked) <= 4 and picked == sorted(picked, key=candidates.index)
     assert max(abs(c - 20) for c in picked) >= 8
-    assert revealed(farther) >= 0.98
+    assert revealed(filler, hole, farther) >= 0.98
