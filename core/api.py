@@ -957,11 +957,16 @@ class _FlowsAhead:
         self._futures: Dict[object, object] = {}
         self._fillers = _Fillers(new_filler)        # (filler, loader) of each lookahead thread
         self._submitted = 0
+        self._carried: Dict[int, bool] = {}   # frame -> carried(frame)
         self._pool = _Tasks(threads, "keyprop-ahead", flowlib.directions_in_turn) if self.depth else None
 
     def carried(self, k: int) -> bool:
-        """Whether frame ``k``'s fill carries the frame before's (filled in the same window)."""
-        return same_window(k - 1, k) and self._is_filled(k - 1)
+        """Whether frame ``k``'s fill carries the frame before's (filled in the same window).
+        Kept once asked: a frame's likely flows, its network task and its search each ask, and
+        is_filled reads the frame before's mask."""
+        if k not in self._carried:
+            self._carried[k] = same_window(k - 1, k) and self._is_filled(k - 1)
+        return self._carried[k]
 
     def _parts(self, k: int) -> list:
         """Frame ``k``'s flows most likely wanted: to its keyframes, and to the plate frames at
@@ -969,7 +974,7 @@ class _FlowsAhead:
         plan, candidates = self._plan(k), self._candidates(k)
         # A keyless window's first frame searches farther (ShotFiller.choose_sources): the
         # latest such search's tries, else the latest search's.
-        farther = not plan and not self.carried(k)
+        farther = ShotFiller.looks_farther(plan, self.carried(k))
         tried = [k + o for o in (farther and self._tries(True)) or self._tries(False) if k + o in candidates]
         return [("key", j) for j in plan] + (tried or list(candidates[:max(0, min(2, self._limit - len(plan)))]))
 

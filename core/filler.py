@@ -376,7 +376,7 @@ class ShotFiller:
             self._flow(target_flow, self.keyframe(k)[2], ("key", k))
         if self._searches_plate(key_frames, source_candidates):
             self.choose_sources(target_flow, hole, source_candidates, self.settings.max_sources - len(key_frames),
-                                farther=not key_frames and not (carried and self._carries()))
+                                farther=self.looks_farther(key_frames, carried and self._carries()))
         if carried and self._carries():
             self._flow(target_flow, self.plate_frame(frame - 1)[2])
 
@@ -384,6 +384,12 @@ class ShotFiller:
         """Whether a fill with these keyframes looks for plate frames among the candidates."""
         s = self.settings
         return (s.plate_sources or len(key_frames) < 2) and bool(source_candidates) and self.source_loader is not None
+
+    @staticmethod
+    def looks_farther(key_frames: Sequence[int], carried: bool) -> bool:
+        """Whether a fill's search looks farther for its sources (choose_sources' ``farther``):
+        a fill without keyframes that carries nothing from the frame before."""
+        return not key_frames and not carried
 
     def _refines(self) -> bool:
         """Whether a fused_base model corrects each whole fused fill afterwards (``refine``)."""
@@ -514,7 +520,7 @@ class ShotFiller:
         plate_work = roi.resize_to_work(self._display(self._crop(pixels)))
         carried = self._carried(frame, target_flow, at, origin) if self._carries() else None
         sources = self._sources(target_flow, hole, key_frames, source_candidates, frame, at, origin,
-                                farther=carried is None and not key_frames)
+                                farther=self.looks_farther(key_frames, carried is not None))
         # The nearest keyframe's detail at plate size (_restore_detail): the first source's.
         detail_key = (0, self.keyframe(key_frames[0])[1], sources[0][1], sources[0][2]) if key_frames else None
         target_box, hole_box, region_box, plate_box = target[at], hole[at], region[at], plate_work[at]
@@ -659,7 +665,7 @@ class ShotFiller:
         target, hole, target_flow = self.plate_frame(frame, lambda: (pixels, mask))
         _, _, at, origin = self._reach(mask, hole)
         sources = self._sources(target_flow, hole, key_frames, source_candidates, frame, at, origin,
-                                farther=not key_frames)
+                                farther=self.looks_farther(key_frames, False))
         errors = [src[4] for src in sources] if self.settings.warp_blend else []
         if self._context_kind(hole[at], errors, False) != "network":
             return False
