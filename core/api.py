@@ -851,6 +851,15 @@ class _WindowFills:
 # 50 MB more at 1080p (--only memory): two.
 LOOKAHEAD = 2
 AHEAD_FRAMES = 2
+# A keyless window's first frame searches farther (ShotFiller.choose_sources): 4-7 flows, the
+# far ones dearer, against 2-3. Queued at its own turn, the lookahead threads made them all
+# between the frame before's fill and its own: keyless carphone_walker's 1008 took 2.4-2.7x
+# the median frame in three runs of one harness (its far flows made while the filling thread
+# waited). Its flows beyond the two nearest are queued two frames sooner, each between the
+# flows of one of the two frames before it: 1.3-1.8x. bench/pipeline_speed.py --only real
+# --repeat 2 against the parent: keyless runs over 2x the median frame 1 of 16 against 5
+# (bikes_wire's 1008, bbb1080_walker's), the same bytes.
+SPREAD = 2
 
 
 class _Tasks:
@@ -941,7 +950,9 @@ class _FlowsAhead:
     them all itself). The filling thread takes a frame's flows no thread has begun itself
     (:meth:`help`). A guessed flow its search then does not try is the only work done in
     vain. A window's first frame, whose fill carries nothing from the frame before, gets its
-    network fill made after its search should its fill want one (ShotFiller.network_ahead).
+    network fill made after its search should its fill want one (ShotFiller.network_ahead);
+    a keyless one, which searches farther, has its likely flows beyond the two nearest
+    queued SPREAD frames sooner, taken in turn with the frames before it.
     The values are those the fill would make itself: the same pixels. An error here is left
     for the frame's own fill to raise, in frame order."""
 
@@ -958,6 +969,7 @@ class _FlowsAhead:
         self._fillers = _Fillers(new_filler)        # (filler, loader) of each lookahead thread
         self._submitted = 0
         self._carried: Dict[int, bool] = {}   # frame -> carried(frame)
+        self._early: set = set()   # frames whose farther flows were queued early (submit)
         self._pool = _Tasks(threads, "keyprop-ahead", flowlib.directions_in_turn) if self.depth else None
 
     def carried(self, k: int) -> bool:
@@ -984,6 +996,8 @@ class _FlowsAhead:
         if self._pool is None:
             return
         for part in self._parts(k):
+            if ("part", k, part) in self._futures:
+                continue
             self._futures[("part", k, part)] = self._pool.submit((self._index.get(k, -1), 0), self._find, k, part)
 
     def submit(self, frame: int) -> None:
@@ -993,6 +1007,15 @@ class _FlowsAhead:
             return
         upto = min(len(self._frames), self._index[frame] + 1 + self.depth)
         self._submitted = max(self._submitted, self._index[frame] + 1)
+        for k in self._frames[upto:upto + SPREAD]:
+            if k not in self._early and self._fill_target(k):
+                self._early.add(k)
+                if ShotFiller.looks_farther(self._plan(k), self.carried(k)):
+                    # A keyless window's first frame searches farther: its flows beyond the two
+                    # nearest are spread over the turns of the frames before it.
+                    for i, part in enumerate(self._parts(k)[2:]):
+                        self._futures[("part", k, part)] = self._pool.submit(
+                            (self._index[k] - 1 - i % SPREAD, 0.5), self._find, k, part)
         while self._submitted < upto:
             k = self._frames[self._submitted]
             self._submitted += 1

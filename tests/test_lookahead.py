@@ -278,3 +278,40 @@ def test_a_windows_first_frame_runs_its_network_ahead_on_a_lookahead_thread(tmp_
     propagate(into(shot, tmp_path / "ahead"), Settings(model=MODEL, threads=2, parallel_windows=1), engine=engine)
     assert outputs(tmp_path / "one") == outputs(tmp_path / "ahead")
     assert sorted(passes) == ["MainThread"] + ["keyprop-ahead"] * 3
+
+
+def test_a_keyless_windows_first_frame_has_its_farther_flows_begun_in_the_frames_before(tmp_path, engine,
+                                                                                      monkeypatch):
+    """A keyless window's first frame searches farther (ShotFiller.looks_farther): its likely
+    flows beyond the two nearest are queued SPREAD frames sooner than its own turn and taken
+    between the frames before it, so that its turn is not all of them at once. Without
+    that, none of its flows could begin before the frame three before it is filled (its
+    frame is queued only then, AHEAD_FRAMES ahead). The bytes are those of one thread."""
+    shot = write_slow_blob_shot(tmp_path)
+    propagate(into(shot, tmp_path / "one"), Settings(model=MODEL, threads=1), engine=engine)
+    spans, lock = [], threading.Lock()
+
+    def timed(name, real, frame_at, sleep=0.0):
+        def run(self, *args, **kwargs):
+            start = time.perf_counter()
+            time.sleep(sleep)
+            try:
+                return real(self, *args, **kwargs)
+            finally:
+                with lock:
+                    spans.append((name, threading.current_thread().name, args[frame_at], start, time.perf_counter()))
+        return run
+
+    # find_pair(frame, pixels, mask, source); fill(pixels, mask, keys, candidates, frame), slowed
+    # by 50 ms: the lookahead threads take what is queued when it is queued.
+    monkeypatch.setattr(filler_mod.ShotFiller, "find_pair", timed("find_pair", filler_mod.ShotFiller.find_pair, 0))
+    monkeypatch.setattr(filler_mod.ShotFiller, "fill", timed("fill", filler_mod.ShotFiller.fill, 4, 0.05))
+    propagate(into(shot, tmp_path / "ahead"), Settings(model=MODEL, threads=2, parallel_windows=1), engine=engine)
+    assert outputs(tmp_path / "one") == outputs(tmp_path / "ahead")
+    fill_end = {f: end for name, thread, f, _, end in spans if name == "fill" and thread == "MainThread"}
+    # Windows 104-111, 112-119 and 120 (the run's last frame): the first frames after the
+    # run's first frame's own farther search, whose tries they guess from.
+    for start in (112, 120):
+        early = [b for name, thread, f, b, _ in spans
+                 if name == "find_pair" and f == start and thread.startswith("keyprop-ahead") and b < fill_end[start - 3]]
+        assert early, start
