@@ -857,7 +857,7 @@ AHEAD_FRAMES = 2
 # the median frame in three runs of one harness (its far flows made while the filling thread
 # waited). Its flows beyond the two nearest are queued two frames sooner, each between the
 # flows of one of the two frames before it: 1.3-1.8x. bench/pipeline_speed.py --only real
-# --repeat 2 against the parent: keyless runs over 2x the median frame 1 of 16 against 5
+# --repeat 2 against the parent: keyless runs over 2x the median frame 1 of 16 against 4
 # (bikes_wire's 1008, bbb1080_walker's), the same bytes.
 SPREAD = 2
 
