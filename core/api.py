@@ -1002,7 +1002,9 @@ class _FlowsAhead:
 
     def submit(self, frame: int) -> None:
         """Queue the ``depth`` frames to fill after ``frame`` for the lookahead threads: each
-        frame's likely flows, then the rest of its search once they are made."""
+        frame's likely flows, then the rest of its search once they are made; and, of the
+        SPREAD frames after those, a keyless window's first frame's likely flows beyond its
+        two nearest, each between the flows of one of the frames before it."""
         if self._pool is None or frame not in self._index:
             return
         upto = min(len(self._frames), self._index[frame] + 1 + self.depth)

@@ -309,8 +309,8 @@ def test_a_keyless_windows_first_frame_has_its_farther_flows_begun_in_the_frames
     propagate(into(shot, tmp_path / "ahead"), Settings(model=MODEL, threads=2, parallel_windows=1), engine=engine)
     assert outputs(tmp_path / "one") == outputs(tmp_path / "ahead")
     fill_end = {f: end for name, thread, f, _, end in spans if name == "fill" and thread == "MainThread"}
-    # Windows 104-111, 112-119 and 120 (the run's last frame): the first frames after the
-    # run's first frame's own farther search, whose tries they guess from.
+    # Windows 104-111, 112-119 and 120 (the run's last frame). 104's flows are queued in the
+    # setup, before any search looked farther: it guesses only its two nearest.
     for start in (112, 120):
         early = [b for name, thread, f, b, _ in spans
                  if name == "find_pair" and f == start and thread.startswith("keyprop-ahead") and b < fill_end[start - 3]]
