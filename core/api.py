@@ -969,7 +969,7 @@ class _FlowsAhead:
         self._fillers = _Fillers(new_filler)        # (filler, loader) of each lookahead thread
         self._submitted = 0
         self._carried: Dict[int, bool] = {}   # frame -> carried(frame)
-        self._early: set = set()   # frames whose farther flows were queued early (submit)
+        self._looked = 0   # frames (by index) before this one were looked at for the early queue (submit)
         self._pool = _Tasks(threads, "keyprop-ahead", flowlib.directions_in_turn) if self.depth else None
 
     def carried(self, k: int) -> bool:
@@ -1009,15 +1009,14 @@ class _FlowsAhead:
             return
         upto = min(len(self._frames), self._index[frame] + 1 + self.depth)
         self._submitted = max(self._submitted, self._index[frame] + 1)
-        for k in self._frames[upto:upto + SPREAD]:
-            if k not in self._early and self._fill_target(k):
-                self._early.add(k)
-                if ShotFiller.looks_farther(self._plan(k), self.carried(k)):
-                    # A keyless window's first frame searches farther: its flows beyond the two
-                    # nearest are spread over the turns of the frames before it.
-                    for i, part in enumerate(self._parts(k)[2:]):
-                        self._futures[("part", k, part)] = self._pool.submit(
-                            (self._index[k] - 1 - i % SPREAD, 0.5), self._find, k, part)
+        for k in self._frames[max(upto, self._looked):upto + SPREAD]:
+            if self._fill_target(k) and ShotFiller.looks_farther(self._plan(k), self.carried(k)):
+                # A keyless window's first frame searches farther: its flows beyond the two
+                # nearest are spread over the turns of the frames before it.
+                for i, part in enumerate(self._parts(k)[2:]):
+                    self._futures[("part", k, part)] = self._pool.submit(
+                        (self._index[k] - 1 - i % SPREAD, 0.5), self._find, k, part)
+        self._looked = max(self._looked, upto + SPREAD)
         while self._submitted < upto:
             k = self._frames[self._submitted]
             self._submitted += 1
