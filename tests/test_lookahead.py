@@ -309,8 +309,8 @@ def test_a_keyless_windows_first_frame_has_its_farther_flows_begun_in_the_frames
     """A keyless window's first frame searches farther (ShotFiller.looks_farther): its likely
     flows beyond the two nearest are queued SPREAD frames sooner than its own turn and taken
     between the frames before it, so that its turn is not all of them at once. Without
-    that, none of its flows could begin before the frame three before it is filled (its
-    frame is queued only then, AHEAD_FRAMES ahead). The bytes are those of one thread."""
+    that, none of its flows could begin before the frame AHEAD_FRAMES + 1 before it is filled
+    (its frame is queued only then, AHEAD_FRAMES ahead). The bytes are those of one thread."""
     shot = write_slow_blob_shot(tmp_path)
     propagate(into(shot, tmp_path / "one"), Settings(model=MODEL, threads=1), engine=engine)
     spans, lock = [], threading.Lock()
@@ -336,6 +336,7 @@ def test_a_keyless_windows_first_frame_has_its_farther_flows_begun_in_the_frames
     # Windows 104-111, 112-119 and 120 (the run's last frame). 104's flows are queued in the
     # setup, before any search looked farther: it guesses only its two nearest.
     for start in (112, 120):
+        queued = fill_end[start - 1 - api.AHEAD_FRAMES]   # its own turn, without the spread
         early = [b for name, thread, f, b, _ in spans
-                 if name == "find_pair" and f == start and thread.startswith("keyprop-ahead") and b < fill_end[start - 3]]
+                 if name == "find_pair" and f == start and thread.startswith("keyprop-ahead") and b < queued]
         assert early, start
