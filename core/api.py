@@ -865,12 +865,14 @@ SPREAD = 2
 # Lookahead threads run this much nicer than the thread that starts them (Linux, where a
 # thread's niceness is its own; elsewhere as it is): they take the cores the filling thread,
 # on which every frame waits, leaves, instead of an equal share of them while it has work.
-# Keyless 16-frame real shots, interleaved runs of one harness (6-8 each, 2 cores): runs over
-# 2x the median frame 2 of 48 and 2 of 42 against 10 and 9 for nice 0 and two frames ahead
-# (the code before), 11 of 48 at nice 5 and four frames ahead, 8 of 42 at nice 0 and three;
-# keyless bikes_walker's mean max/median 1.50-1.65 against 2.05-2.34, bikes_wire's 1.83-1.87
-# against 1.57-1.58; wall time within 8 % either way. The same bytes: the same work, in
-# another order.
+# 16-frame real shots, interleaved runs of one harness (6-10 each, 2 cores): runs over 2x the
+# median frame 22 of 150 against 39 for nice 0 and two frames ahead (the code before); 11 of
+# 48 at nice 5 and four frames ahead, 8 of 42 at nice 0 and three, against 10 and 9. Keyless
+# bikes_walker 0 of 20 against 13 (mean max/median 1.50-1.67 against 2.05-2.34; its wall
+# time 6-8 % longer), keyed carphone_walker (0.08 s frames) 14 of 18 against 6, keyless
+# bikes_wire's mean 1.83-1.87 against 1.57-1.58. bench/pipeline_speed.py --only real --repeat
+# 3 --against the code before: 7 of 48 against 8 (this machine's noise is that large). The
+# same bytes: the same work, in another order.
 AHEAD_NICE = 5
 
 
@@ -977,8 +979,9 @@ class _FlowsAhead:
     vain. A window's first frame, whose fill carries nothing from the frame before, gets its
     network fill made after its search should its fill want one (ShotFiller.network_ahead);
     a keyless one, which searches farther, has its likely flows beyond the two nearest
-    queued SPREAD frames sooner, taken in turn with the frames before it.
-    The values are those the fill would make itself: the same pixels. An error here is left
+    queued SPREAD frames sooner, taken in turn with the frames before it. The lookahead
+    threads run AHEAD_NICE nicer than the filling thread (Linux): they take the cores it
+    leaves. The values are those the fill would make itself: the same pixels. An error here is left
     for the frame's own fill to raise, in frame order."""
 
     def __init__(self, new_filler, frames, keys, fill_target, is_filled, plan, candidates, threads: int,
