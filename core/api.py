@@ -880,7 +880,7 @@ def _behind_the_fill() -> None:
     """A lookahead thread's start: nicer by AHEAD_NICE than the thread that started it (where
     the system allows it), and computing a flow's two directions in turn
     (flowlib.directions_in_turn)."""
-    if AHEAD_NICE and hasattr(os, "setpriority") and sys.platform.startswith("linux"):
+    if AHEAD_NICE and sys.platform.startswith("linux"):
         me = threading.get_native_id()
         try:
             os.setpriority(os.PRIO_PROCESS, me, min(19, os.getpriority(os.PRIO_PROCESS, me) + AHEAD_NICE))
