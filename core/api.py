@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import os
 import statistics
-import sys
 import threading
 import time
 from collections import OrderedDict, deque
@@ -849,10 +848,9 @@ class _WindowFills:
 # side-by-side runs of bench/pipeline_speed.py --only real the 16 rows' max/median averaged
 # 1.67 against 1.55 (the last frames, with no lookahead beside them, come quicker, and the
 # first share the cores with it) with as many rows over 2 (4 of 32 against 4), for about
-# 50 MB more at 1080p (--only memory): two. Three once the lookahead threads run nicer than
-# the filling thread (AHEAD_NICE, below).
+# 50 MB more at 1080p (--only memory): two.
 LOOKAHEAD = 2
-AHEAD_FRAMES = 3
+AHEAD_FRAMES = 2
 # A keyless window's first frame searches farther (ShotFiller.choose_sources): 4-7 flows, the
 # far ones dearer, against 2-3. Queued at its own turn, the lookahead threads made them all
 # between the frame before's fill and its own: keyless carphone_walker's 1008 took 2.4-2.7x
@@ -862,31 +860,6 @@ AHEAD_FRAMES = 3
 # --repeat 2 against the parent: keyless runs over 2x the median frame 1 of 16 against 4
 # (bikes_wire's 1008, bbb1080_walker's), the same bytes.
 SPREAD = 2
-# Lookahead threads run this much nicer than the thread that starts them (Linux, where a
-# thread's niceness is its own; elsewhere as it is): they take the cores the filling thread,
-# on which every frame waits, leaves, instead of an equal share of them while it has work.
-# 16-frame real shots, interleaved runs of one harness (6-10 each, 2 cores): runs over 2x the
-# median frame 22 of 150 against 39 for nice 0 and two frames ahead (the code before); 11 of
-# 48 at nice 5 and four frames ahead, 8 of 42 at nice 0 and three, against 10 and 9. Keyless
-# bikes_walker 0 of 20 against 13 (mean max/median 1.50-1.67 against 2.05-2.34; its wall
-# time 6-8 % longer), keyed carphone_walker (0.08 s frames) 14 of 18 against 6, keyless
-# bikes_wire's mean 1.83-1.87 against 1.57-1.58. bench/pipeline_speed.py --only real --repeat
-# 3 --against the code before: 7 of 48 against 8 (this machine's noise is that large). The
-# same bytes: the same work, in another order.
-AHEAD_NICE = 5
-
-
-def _behind_the_fill() -> None:
-    """A lookahead thread's start: nicer by AHEAD_NICE than the thread that started it (where
-    the system allows it), and computing a flow's two directions in turn
-    (flowlib.directions_in_turn)."""
-    if AHEAD_NICE and sys.platform.startswith("linux"):
-        me = threading.get_native_id()
-        try:
-            os.setpriority(os.PRIO_PROCESS, me, min(19, os.getpriority(os.PRIO_PROCESS, me) + AHEAD_NICE))
-        except OSError:
-            pass   # not allowed here: the same pixels either way
-    flowlib.directions_in_turn()
 
 
 class _Tasks:
@@ -979,9 +952,8 @@ class _FlowsAhead:
     vain. A window's first frame, whose fill carries nothing from the frame before, gets its
     network fill made after its search should its fill want one (ShotFiller.network_ahead);
     a keyless one, which searches farther, has its likely flows beyond the two nearest
-    queued SPREAD frames sooner, taken in turn with the frames before it. The lookahead
-    threads run AHEAD_NICE nicer than the filling thread (Linux): they take the cores it
-    leaves. The values are those the fill would make itself: the same pixels. An error here is left
+    queued SPREAD frames sooner, taken in turn with the frames before it.
+    The values are those the fill would make itself: the same pixels. An error here is left
     for the frame's own fill to raise, in frame order."""
 
     def __init__(self, new_filler, frames, keys, fill_target, is_filled, plan, candidates, threads: int,
@@ -998,7 +970,7 @@ class _FlowsAhead:
         self._submitted = 0
         self._carried: Dict[int, bool] = {}   # frame -> carried(frame)
         self._looked = 0   # frames (by index) before this one were looked at for the early queue (submit)
-        self._pool = _Tasks(threads, "keyprop-ahead", _behind_the_fill) if self.depth else None
+        self._pool = _Tasks(threads, "keyprop-ahead", flowlib.directions_in_turn) if self.depth else None
 
     def carried(self, k: int) -> bool:
         """Whether frame ``k``'s fill carries the frame before's (filled in the same window).

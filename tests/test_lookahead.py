@@ -1,8 +1,6 @@
 """One frame after another on more than one core (core.api._FlowsAhead): lookahead threads
 find the next frames' flows while the filling thread composes the current frame; the bytes
 are those of one thread doing everything (--threads 1), and what they keep is dropped."""
-import os
-import sys
 import threading
 import time
 
@@ -10,7 +8,6 @@ import cv2
 import numpy as np
 import pytest
 
-from keyprop.core import api
 from keyprop.core import filler as filler_mod
 from keyprop.core import io
 from keyprop.core import flow as flowlib
@@ -69,27 +66,6 @@ def test_lookahead_gives_the_bytes_of_one_thread(tmp_path, engine, keys, monkeyp
     assert counts.get("keyprop-ahead", 0) > 2 * counts.get("MainThread", 0), counts
     # Every target's flows were dropped when its fill ended.
     assert len(caches) == 1 and len(caches[0].flows) == 0
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a thread has a niceness of its own on Linux")
-def test_lookahead_threads_run_nicer_than_the_filling_thread(tmp_path, engine, monkeypatch):
-    """The lookahead threads take the cores the filling thread leaves: their flows are made
-    at AHEAD_NICE more niceness than the thread that fills, whose own is left as it was."""
-    shot = write_long_shot(tmp_path)
-    seen, real = {}, flowlib.flow_between
-
-    def noting(*args, **kwargs):
-        name = threading.current_thread().name.rsplit("_", 1)[0]
-        seen.setdefault(name, set()).add(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(flowlib, "flow_between", noting)
-    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    propagate(into(shot, tmp_path / "ahead"), Settings(model=MODEL, threads=2, parallel_windows=1), engine=engine)
-    assert api.AHEAD_NICE > 0
-    assert seen["keyprop-ahead"] == {min(19, mine + api.AHEAD_NICE)}, seen
-    assert seen.get("MainThread", {mine}) == {mine}, seen
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine
 
 
 def test_a_chunk_inside_a_window_and_a_failed_lookahead_change_nothing(tmp_path, engine, monkeypatch):
