@@ -74,17 +74,23 @@ THIN_UNSHOWN = 12.0
 FUSION_MARGIN = 64
 # What a plate source cannot show: its own hole and a rim of this many working pixels.
 SOURCE_HOLE_RIM = np.ones((5, 5), np.uint8)
-# Plate frames fewer than this many frames apart are not pre-aligned to each other (Settings
-# prealign: keyframes and farther plate frames are): their motion is within DIS's reach, and
-# on real footage one homography rarely describes it better (moving people, parallax, a face).
-# Pre-aligning them cost keyless fills up to a third of their time where the camera moves
-# (keyless bikes_walker, 16 frames: 4.5 s against 3.0; its late frames' flows were pre-aligned
-# and its early ones' not, so a late frame took 2-3x an early one). bench/real_quality.py:
-# keys 27.88 -> 27.87 dB, keyless 25.59 -> 25.55 (bikes_walker's last frame, its sources all
-# on one side, -2.5). bench/quality.py, rigid homographies where pre-alignment is exact: keys
-# 37.50 -> 37.40, no keys 35.49 -> 35.32 (pan -0.57, zoom_rotate -0.37); with no plate frames
-# pre-aligned, no keys 35.11 (zoom_rotate -1.21).
-PREALIGN_PLATES_FROM = 4
+# Two plate frames are pre-aligned to each other (Settings prealign) only where the homography
+# between them moves a frame corner by this share of the working frame's long side or more
+# (keyframes whatever it moves): nearer, their motion is within DIS's reach, and on real footage
+# one homography rarely describes it better (moving people, parallax, a face). Pre-aligning
+# them all cost keyless fills up to a third of their time where the camera moves: keyless
+# bikes_walker (16 frames) 4.5 s against 3.4, bikes_wire 8.2 against 6.9 (carphone, a face
+# whose homographies move a corner by 5-28 % and are always rejected, the same); its late
+# frames' flows were pre-aligned and its early ones' not, so a late frame took 2-3x an early
+# one. bench/real_quality.py: keys 27.88 -> 27.87 dB, keyless 25.59 -> 25.55 (bikes_walker's
+# last frame, its sources all on one side, -2.5); bench/quality.py, rigid homographies where
+# pre-alignment is exact: keys 37.50 -> 37.40, no keys 35.49 -> 35.32 (pan -0.57, zoom_rotate
+# -0.37). By frame distance instead (plate frames 4 or more apart), the same figures, but the
+# fast pan of tests/test_fusion.py (12 px a frame, 128 px wide, fine texture), which DIS alone
+# loses, lost its plate sources.
+PLATE_PREALIGN_MOTION = 0.08
+
+
 class LRU(OrderedDict):
     """A small least-recently-used cache: memory stays bounded however long the shot (every
     insertion evicts the oldest entries beyond ``size``)."""
@@ -357,14 +363,14 @@ class ShotFiller:
         return pair if pair is not None and abs(pair[1] - pair[0]) == 1 else None
 
     def _between(self, target: flowlib.FlowFrame, source: flowlib.FlowFrame):
-        """flow_between target -> source, pre-aligned (Settings prealign) unless both are plate
-        frames fewer than PREALIGN_PLATES_FROM apart; between adjacent plate frames made once in
-        the shared cache (it serves as the pair's flow and as the flow beyond for the pair before)."""
-        pair = self._plates(target, source)
-        prealign = self.settings.prealign and (pair is None or abs(pair[1] - pair[0]) >= PREALIGN_PLATES_FROM)
+        """flow_between target -> source, pre-aligned (Settings prealign; between two plate
+        frames only where they move apart by PLATE_PREALIGN_MOTION); between adjacent plate
+        frames made once in the shared cache (it serves as the pair's flow and as the flow
+        beyond for the pair before)."""
+        motion = PLATE_PREALIGN_MOTION if self._plates(target, source) is not None else 0.0
 
         def make():
-            return flowlib.flow_between(target, source, prealign, self._dis, self._aligned)
+            return flowlib.flow_between(target, source, self.settings.prealign, self._dis, self._aligned, motion)
         if self._adjacent_plates(target, source) is None:
             return make()
         return self._adjacent.get_or((target.tag, source.tag), make)

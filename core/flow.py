@@ -523,12 +523,18 @@ def _homography(target: FlowFrame, key: FlowFrame):
     hmat, inliers = cv2.findHomography(src, dst, cv2.RANSAC, 2.0)
     if hmat is None or inliers is None or inliers.sum() < max(15, 0.25 * query.size):
         return None
-    h, w = target.luma.shape
-    corners = np.float32([[0, 0], [w - 1, 0], [0, h - 1], [w - 1, h - 1]])[:, None]
-    moved = cv2.perspectiveTransform(corners, hmat)[:, 0]
-    if np.abs(moved - corners[:, 0]).max() < _PREALIGN_MIN_PX:
+    if _corner_motion(hmat, target.luma.shape) < _PREALIGN_MIN_PX:
         return None
     return hmat
+
+
+def _corner_motion(hmat: np.ndarray, shape: tuple[int, int]) -> float:
+    """How far ``hmat`` moves the corners of an ``shape`` (h, w) frame: the largest shift along
+    x or y, pixels."""
+    h, w = shape
+    corners = np.float32([[0, 0], [w - 1, 0], [0, h - 1], [w - 1, h - 1]])[:, None]
+    moved = cv2.perspectiveTransform(corners, hmat)[:, 0]
+    return float(np.abs(moved - corners[:, 0]).max())
 
 
 def _explained(forward, error, known, hmat, work_shape) -> bool:
@@ -670,10 +676,11 @@ def _plain_pair(target: FlowFrame, key: FlowFrame, cache):
     return forward, backward
 
 
-def _aligned(target: FlowFrame, key: FlowFrame, forward, error, known, cache):
+def _aligned(target: FlowFrame, key: FlowFrame, forward, error, known, cache, motion: float = 0.0):
     """Pre-aligned flows target->key: (forward, backward, error), completed, at full size;
-    None without a homography, or where the plain flow (``forward``, ``error``) already
-    follows it (:func:`_explained`).
+    None without a homography, where it moves no frame corner by ``motion`` times the working
+    frame's long side, or where the plain flow (``forward``, ``error``) already follows it
+    (:func:`_explained`).
 
     Shared through ``cache`` as :func:`_plain_pair` shares the plain pair (both frames
     tagged): the homography and the pre-aligned DIS of two frames are found once, one way
@@ -693,7 +700,10 @@ def _aligned(target: FlowFrame, key: FlowFrame, forward, error, known, cache):
     hmat = once("homography", lambda: _homography(first, second))
     if hmat is None:
         return None
-    if _explained(forward, error, known, np.linalg.inv(hmat) if swapped else hmat, target.luma.shape):
+    towards = np.linalg.inv(hmat) if swapped else hmat   # target -> key
+    if motion and _corner_motion(towards, target.luma.shape) < motion * max(target.luma.shape):
+        return None
+    if _explained(forward, error, known, towards, target.luma.shape):
         return None
     pair = once("prealigned", lambda: _completed_w(*_prealigned_dis(first.luma, second.luma, hmat),
                                                    first.hole, second.hole))
@@ -732,9 +742,11 @@ def flow(target: np.ndarray, key: np.ndarray,
 
 
 def flow_between(target: FlowFrame, key: FlowFrame, prealign: bool = False,
-                 dis_cache=None, aligned_cache=None) -> tuple[np.ndarray, np.ndarray]:
+                 dis_cache=None, aligned_cache=None, prealign_motion: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """:func:`flow` on prepared frames (same size and working size); ``dis_cache``: see
-    :func:`_plain_pair`; ``aligned_cache`` (default ``dis_cache``): see :func:`_aligned`."""
+    :func:`_plain_pair`; ``aligned_cache`` (default ``dis_cache``): see :func:`_aligned`;
+    ``prealign_motion``: pre-align only where the homography moves a frame corner by this
+    share of the working frame's long side or more (:func:`_aligned`)."""
     if key.size != target.size or key.luma.shape != target.luma.shape:
         raise ValueError(f"key is {key.size[1]}x{key.size[0]}, target is {target.size[1]}x{target.size[0]}")
     h, w = target.size
@@ -743,8 +755,8 @@ def flow_between(target: FlowFrame, key: FlowFrame, prealign: bool = False,
         known = target.known
         plain = float(np.mean(np.minimum(error[known], 20))) if known.any() else 0.0
         # DIS alone is right where it is consistent: pre-align only where it is not.
-        aligned = _aligned(target, key, forward, error, known, dis_cache if aligned_cache is None else aligned_cache) \
-            if plain > _PREALIGN_ABOVE_PX else None
+        aligned = _aligned(target, key, forward, error, known, dis_cache if aligned_cache is None else aligned_cache,
+                           prealign_motion) if plain > _PREALIGN_ABOVE_PX else None
         # Pre-aligned flow where it is the more consistent of the two outside the holes
         # (one homography fits a camera move, not always a scene of several depths).
         if aligned is not None and np.mean(np.minimum(aligned[2][known], 20)) < plain:

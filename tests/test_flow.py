@@ -167,6 +167,33 @@ def test_prealign_follows_a_large_zoom_and_roll():
     assert errs[True] < 0.5 * errs[False]
 
 
+def test_prealign_motion_pre_aligns_only_frames_that_move_that_far(monkeypatch):
+    """flow_between(prealign_motion=s) pre-aligns where the homography moves a frame corner by
+    s times the working frame's long side or more: the 25 % zoom with 10 degrees of roll moves
+    a corner by about a fifth of the width, so 0.1 pre-aligns it and 0.4 does not."""
+    rng = np.random.default_rng(4)
+    big = cv2.GaussianBlur(rng.random((480, 640, 3)).astype(np.float32), (0, 0), 1.5)
+    big = (big - big.min()) / (big.max() - big.min())
+    h, w = 200, 260
+
+    def view(scale, angle):
+        m = cv2.getRotationMatrix2D((float(w / 2), float(h / 2)), angle, scale)
+        m[:, 2] += np.float32([320, 240]) - np.float32([w / 2, h / 2])
+        return cv2.warpAffine(big, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+
+    target, key = F.FlowFrame(view(1.0, 0.0)), F.FlowFrame(view(1.25, 10.0))
+    moved = F._corner_motion(F._homography(target, key), target.luma.shape) / max(target.luma.shape)
+    assert 0.1 < moved < 0.4
+    calls = []
+    real = F._prealigned_dis
+    monkeypatch.setattr(F, "_prealigned_dis", lambda *a: calls.append(1) or real(*a))
+    far, _ = F.flow_between(target, key, prealign=True, prealign_motion=0.4)
+    assert calls == []
+    np.testing.assert_array_equal(far, F.flow_between(target, key)[0])   # the plain flow
+    F.flow_between(target, key, prealign=True, prealign_motion=0.1)
+    assert calls == [1]
+
+
 def test_prepared_frames_and_the_dis_cache_give_the_plain_flow():
     """flow_between on prepared frames is flow(); the reverse pair reuses the cached DIS exactly."""
     from keyprop.core.filler import LRU

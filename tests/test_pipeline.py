@@ -587,10 +587,10 @@ def test_a_flow_to_an_adjacent_plate_frame_takes_its_own_motion(engine, monkeypa
     np.testing.assert_array_equal(forward[~hole], plain[~hole])
 
 
-def test_plate_frames_near_each_other_are_not_prealigned(engine, monkeypatch):
-    """Flows between plate frames fewer than PREALIGN_PLATES_FROM apart are plain DIS; flows to
-    a keyframe and between farther plate frames are pre-aligned (Settings prealign), and none
-    with prealign off."""
+def test_flows_between_plate_frames_ask_for_the_plate_prealign_motion(engine, monkeypatch):
+    """Flows between two plate frames are pre-aligned only where they move apart by
+    PLATE_PREALIGN_MOTION (core.flow.flow_between's prealign_motion); flows to a keyframe
+    whatever they move; none with prealign off."""
     from keyprop.core import filler as fillermod
     from keyprop.core import flow as flowlib
     from keyprop.core.api import ShotFiller
@@ -599,25 +599,25 @@ def test_plate_frames_near_each_other_are_not_prealigned(engine, monkeypatch):
     asked = {}
     real = flowlib.flow_between
 
-    def spy(target, source, prealign=False, *args):
-        asked[(target.tag, source.tag)] = prealign
-        return real(target, source, prealign, *args)
+    def spy(target, source, prealign=False, dis_cache=None, aligned_cache=None, prealign_motion=0.0):
+        asked[(target.tag, source.tag)] = (prealign, prealign_motion)
+        return real(target, source, prealign, dis_cache, aligned_cache, prealign_motion)
 
     monkeypatch.setattr(flowlib, "flow_between", spy)
-    far = fillermod.PREALIGN_PLATES_FROM
-    frames, masks = zip(*[(scene(i % N)[0], scene(i % N)[2]) for i in range(far + 2)])
+    frames, masks = zip(*[(scene(i)[0], scene(i)[2]) for i in range(N)])
     roi = plan_roi((0, 0, H, W), (H, W), 640, engine.stride)
+    assert 0 < fillermod.PLATE_PREALIGN_MOTION < 1
     for prealign in (True, False):
         asked.clear()
         filler = ShotFiller(engine, roi, Settings(prealign=prealign), False, key_loader=lambda k: frames[k],
-                            source_loader=lambda k: (frames[k], masks[k]), source_frames=set(range(far + 2)))
+                            source_loader=lambda k: (frames[k], masks[k]), source_frames=set(range(N)))
         target = filler.plate_frame(1)[2]
-        for source in (0, 2, far, far + 1):
+        for source in (0, 2, 3):
             filler._flow(target, filler.plate_frame(source)[2])
         filler._flow(target, filler.keyframe(0)[2], ("key", 0))
-        plate = {s: asked[(("plate", 1), ("plate", s))] for s in (0, 2, far, far + 1)}
-        assert plate == {0: False, 2: False, far: False, far + 1: prealign}
-        assert asked[(("plate", 1), None)] is prealign   # the keyframe (no tag)
+        for source in (0, 2, 3):
+            assert asked[(("plate", 1), ("plate", source))] == (prealign, fillermod.PLATE_PREALIGN_MOTION)
+        assert asked[(("plate", 1), None)] == (prealign, 0.0)   # the keyframe (no tag)
 
 
 def test_caches_stay_bounded_over_a_long_shot(engine):
