@@ -708,8 +708,8 @@ def _worktree(stack: contextlib.ExitStack, rev: str) -> str:
 def pace_table(runs) -> str:
     """A row per shot, mode and variant: s/frame (median of its runs), max/median of every
     run, how many runs were over 2x the median frame, max/median of each frame's median
-    seconds over the runs (with 3 runs or more: a frame slow in one run alone is this
-    machine's hiccup, one slow in most is the work's), and whether every run wrote the same
+    seconds over the runs (with 3 runs or more: a frame slow in one run alone is a slow
+    moment of that run, one slow in most is the work's), and whether every run wrote the same
     bytes as this tree's first run of that shot and mode."""
     lines = ["| shot | mode | code | runs | s/frame (median) | max/median per run | mean | runs over 2x | "
              "frame medians: max/median (frame) | same bytes |",
