@@ -506,7 +506,9 @@ def cross_matches(query: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def _homography(target: FlowFrame, key: FlowFrame):
-    """Target->key homography from ORB matches outside the holes (RANSAC), or None.
+    """Target->key homography from ORB matches outside the holes (RANSAC), and how far it
+    moves the matches that agree with it (the largest shift along x or y, pixels; the same
+    either way round); or None.
 
     None when too few matches agree, or when the motion is small enough for DIS alone
     (no corner of the frame moves more than _PREALIGN_MIN_PX).
@@ -525,7 +527,9 @@ def _homography(target: FlowFrame, key: FlowFrame):
         return None
     if _corner_motion(hmat, target.luma.shape) < _PREALIGN_MIN_PX:
         return None
-    return hmat
+    kept = inliers[:, 0] > 0
+    reach = float(np.abs(dst[kept] - src[kept]).max())
+    return hmat, reach
 
 
 def _corner_motion(hmat: np.ndarray, shape: tuple[int, int]) -> float:
@@ -678,9 +682,9 @@ def _plain_pair(target: FlowFrame, key: FlowFrame, cache):
 
 def _aligned(target: FlowFrame, key: FlowFrame, forward, error, known, cache, motion: float = 0.0):
     """Pre-aligned flows target->key: (forward, backward, error), completed, at full size;
-    None without a homography, where it moves no frame corner by ``motion`` times the working
-    frame's long side, or where the plain flow (``forward``, ``error``) already follows it
-    (:func:`_explained`).
+    None without a homography, where the matches that agree with it move by less than
+    ``motion`` times the working frame's long side, or where the plain flow (``forward``,
+    ``error``) already follows it (:func:`_explained`).
 
     Shared through ``cache`` as :func:`_plain_pair` shares the plain pair (both frames
     tagged): the homography and the pre-aligned DIS of two frames are found once, one way
@@ -697,12 +701,16 @@ def _aligned(target: FlowFrame, key: FlowFrame, forward, error, known, cache, mo
     def once(name, make):
         return cache.get_or((name, first.tag, second.tag), make) if shared else make()
 
-    hmat = once("homography", lambda: _homography(first, second))
-    if hmat is None:
+    found = once("homography", lambda: _homography(first, second))
+    if found is None:
+        return None
+    hmat, reach = found
+    # Far motion is what DIS's coarse-to-fine search loses; measured where the homography
+    # has matches: its corners can move far where the matches cover a small part of the
+    # frame (a face close-up) while the scene itself moves little.
+    if motion and reach < motion * max(target.luma.shape):
         return None
     towards = np.linalg.inv(hmat) if swapped else hmat   # target -> key
-    if motion and _corner_motion(towards, target.luma.shape) < motion * max(target.luma.shape):
-        return None
     if _explained(forward, error, known, towards, target.luma.shape):
         return None
     pair = once("prealigned", lambda: _completed_w(*_prealigned_dis(first.luma, second.luma, hmat),

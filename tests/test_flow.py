@@ -168,9 +168,10 @@ def test_prealign_follows_a_large_zoom_and_roll():
 
 
 def test_prealign_motion_pre_aligns_only_frames_that_move_that_far(monkeypatch):
-    """flow_between(prealign_motion=s) pre-aligns where the homography moves a frame corner by
-    s times the working frame's long side or more: the 25 % zoom with 10 degrees of roll moves
-    a corner by about a fifth of the width, so 0.1 pre-aligns it and 0.4 does not."""
+    """flow_between(prealign_motion=s) pre-aligns where the matches that agree with the
+    homography move by s times the working frame's long side or more: the 25 % zoom with 10
+    degrees of roll moves them by about a fifth of the width, so 0.1 pre-aligns it and 0.4
+    does not."""
     rng = np.random.default_rng(4)
     big = cv2.GaussianBlur(rng.random((480, 640, 3)).astype(np.float32), (0, 0), 1.5)
     big = (big - big.min()) / (big.max() - big.min())
@@ -182,7 +183,7 @@ def test_prealign_motion_pre_aligns_only_frames_that_move_that_far(monkeypatch):
         return cv2.warpAffine(big, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
 
     target, key = F.FlowFrame(view(1.0, 0.0)), F.FlowFrame(view(1.25, 10.0))
-    moved = F._corner_motion(F._homography(target, key), target.luma.shape) / max(target.luma.shape)
+    moved = F._homography(target, key)[1] / max(target.luma.shape)
     assert 0.1 < moved < 0.4
     calls = []
     real = F._prealigned_dis
@@ -191,6 +192,41 @@ def test_prealign_motion_pre_aligns_only_frames_that_move_that_far(monkeypatch):
     assert calls == []
     np.testing.assert_array_equal(far, F.flow_between(target, key)[0])   # the plain flow
     F.flow_between(target, key, prealign=True, prealign_motion=0.1)
+    assert calls == [1]
+
+
+def test_prealign_motion_is_measured_where_the_homography_has_matches(monkeypatch):
+    """The motion that decides pre-alignment is that of the matches, not of the frame's
+    corners: a textured patch in the middle of a flat frame (a face close-up's features),
+    zoomed and rolled, gives a homography whose corners move twice as far as anything
+    matched. A frame that moves its matches by less than prealign_motion is not
+    pre-aligned however far the homography throws the corners."""
+    rng = np.random.default_rng(5)
+    big = cv2.GaussianBlur(rng.random((480, 640, 3)).astype(np.float32), (0, 0), 1.5)
+    big = (big - big.min()) / (big.max() - big.min())
+    yy, xx = np.mgrid[:480, :640]
+    patch = (np.abs(yy - 240) < 50) & (np.abs(xx - 320) < 60)
+    big = np.where(patch[:, :, None], big, np.float32(0.5))
+    h, w = 200, 260
+
+    def view(scale, angle):
+        m = cv2.getRotationMatrix2D((float(w / 2), float(h / 2)), angle, scale)
+        m[:, 2] += np.float32([320, 240]) - np.float32([w / 2, h / 2])
+        return cv2.warpAffine(big, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+
+    target, key = F.FlowFrame(view(1.0, 0.0)), F.FlowFrame(view(1.15, 6.0))
+    hmat, reach = F._homography(target, key)
+    long = max(target.luma.shape)
+    corner = F._corner_motion(hmat, target.luma.shape)
+    assert corner > 2 * reach, (corner, reach)
+    calls = []
+    real = F._prealigned_dis
+    monkeypatch.setattr(F, "_prealigned_dis", lambda *a: calls.append(1) or real(*a))
+    between = (corner + reach) / 2 / long   # the corners move this far, the matches do not
+    far, _ = F.flow_between(target, key, prealign=True, prealign_motion=between)
+    assert calls == []
+    np.testing.assert_array_equal(far, F.flow_between(target, key)[0])   # the plain flow
+    F.flow_between(target, key, prealign=True, prealign_motion=0.8 * reach / long)
     assert calls == [1]
 
 
