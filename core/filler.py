@@ -76,26 +76,25 @@ FUSION_MARGIN = 64
 SOURCE_HOLE_RIM = np.ones((5, 5), np.uint8)
 # Two plate frames are pre-aligned to each other (Settings prealign) only where the feature
 # matches that agree with the homography between them move by this share of the working frame's
-# long side or more (keyframes whatever they move): nearer, their motion is within DIS's reach, and on real footage
-# one homography rarely describes it better (moving people, parallax, a face). Pre-aligning
-# them all cost keyless fills up to a third of their time where the camera moves: keyless
-# bikes_walker (16 frames) 4.5 s against 3.4, bikes_wire 8.2 against 6.9 (carphone, a face
-# whose homographies move a corner by 5-28 % and are always rejected, the same); its late
-# frames' flows were pre-aligned and its early ones' not, so a late frame took 2-3x an early
-# one. bench/real_quality.py: keys 27.88 -> 27.87 dB, keyless 25.59 -> 25.55 (bikes_walker's
-# last frame, its sources all on one side, -2.5); bench/quality.py, rigid homographies where
-# pre-alignment is exact: keys 37.50 -> 37.40, no keys 35.49 -> 35.32 (pan -0.57, zoom_rotate
-# -0.37). By frame distance instead (plate frames 4 or more apart), the same figures, but the
-# fast pan of tests/test_fusion.py (12 px a frame, 128 px wide, fine texture), which DIS alone
-# loses, lost its plate sources. The motion was first measured at the frame's corners: on
-# carphone (a face close-up, its matches on the face) the homography threw the corners 5-48 %
-# while the matches moved 1-8 %: 21 of the 35 plate pairs with a homography in its two
-# keyless 16-frame shots were pre-aligned, each rejected (its flow 38-243 % less consistent);
-# the real shots' other plate pairs all moved under 8 % either way. Measured at the matches, none of those is
-# pre-aligned: the same bytes on every real shot, keyless carphone's window start (7 flows, 5
-# of them pre-aligned: 2x the median frame's work) cheaper; bench/quality.py keys the same
-# (37.40), no keys 35.32 -> 35.30 (zoom_rotate 35.55 -> 35.44, whose 240x320 matches lie
-# inward of ORB's 31 px border).
+# long side or more (keyframes whatever they move): nearer, their motion is within DIS's reach,
+# and on real footage one homography rarely describes it better (moving people, parallax, a
+# face). Pre-aligning them all cost keyless fills up to a third of their time where the camera
+# moves: keyless bikes_walker (16 frames) 4.5 s against 3.4, bikes_wire 8.2 against 6.9; its
+# late frames' flows were pre-aligned and its early ones' not, so a late frame took 2-3x an
+# early one. bench/real_quality.py: keys 27.88 -> 27.87 dB, keyless 25.59 -> 25.55
+# (bikes_walker's last frame, its sources all on one side, -2.5); bench/quality.py, rigid
+# homographies where pre-alignment is exact: keys 37.50 -> 37.40, no keys 35.49 -> 35.32 (pan
+# -0.57, zoom_rotate -0.37). By frame distance instead (plate frames 4 or more apart), the same
+# figures, but the fast pan of tests/test_fusion.py (12 px a frame, 128 px wide, fine texture),
+# which DIS alone loses, lost its plate sources. The motion was first measured at the frame's
+# corners: on carphone (a face close-up, its matches on the face) the homography threw the
+# corners 4-48 % while the matches moved 1-8 %, and 21 of the 35 plate pairs with a homography
+# in its two keyless 16-frame shots were pre-aligned, each rejected (its flow 38-243 % less
+# consistent); the other real shots' plate pairs moved under 8 % either way. Measured at the
+# matches, none is pre-aligned: the same bytes on every real shot, and keyless carphone's window
+# start (7 flows, its far ones pre-aligned: 2x the median frame's work single-threaded) cheaper;
+# bench/quality.py keys the same (37.40), no keys 35.32 -> 35.30 (zoom_rotate 35.55 -> 35.44: at
+# 240x320 its matches lie inside ORB's 31 px border and under-read the zoom).
 PLATE_PREALIGN_MOTION = 0.08
 
 
