@@ -167,22 +167,26 @@ def test_prealign_follows_a_large_zoom_and_roll():
     assert errs[True] < 0.5 * errs[False]
 
 
+def _fine_texture(seed: int) -> np.ndarray:
+    """A 480x640 still of fine random texture, [0, 1]."""
+    big = cv2.GaussianBlur(np.random.default_rng(seed).random((480, 640, 3)).astype(np.float32), (0, 0), 1.5)
+    return (big - big.min()) / (big.max() - big.min())
+
+
+def _camera(big: np.ndarray, scale: float, angle: float, h: int = 200, w: int = 260) -> np.ndarray:
+    """An (h, w) camera on the middle of ``big``, zoomed by ``scale`` and rolled by ``angle`` degrees."""
+    m = cv2.getRotationMatrix2D((float(w / 2), float(h / 2)), angle, scale)
+    m[:, 2] += np.float32([big.shape[1] / 2, big.shape[0] / 2]) - np.float32([w / 2, h / 2])
+    return cv2.warpAffine(big, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+
+
 def test_prealign_motion_pre_aligns_only_frames_that_move_that_far(monkeypatch):
     """flow_between(prealign_motion=s) pre-aligns where the matches that agree with the
     homography move by s times the working frame's long side or more: the 25 % zoom with 10
     degrees of roll moves them by about a fifth of the width, so 0.1 pre-aligns it and 0.4
     does not."""
-    rng = np.random.default_rng(4)
-    big = cv2.GaussianBlur(rng.random((480, 640, 3)).astype(np.float32), (0, 0), 1.5)
-    big = (big - big.min()) / (big.max() - big.min())
-    h, w = 200, 260
-
-    def view(scale, angle):
-        m = cv2.getRotationMatrix2D((float(w / 2), float(h / 2)), angle, scale)
-        m[:, 2] += np.float32([320, 240]) - np.float32([w / 2, h / 2])
-        return cv2.warpAffine(big, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
-
-    target, key = F.FlowFrame(view(1.0, 0.0)), F.FlowFrame(view(1.25, 10.0))
+    big = _fine_texture(4)
+    target, key = F.FlowFrame(_camera(big, 1.0, 0.0)), F.FlowFrame(_camera(big, 1.25, 10.0))
     moved = F._homography(target, key)[1] / max(target.luma.shape)
     assert 0.1 < moved < 0.4
     calls = []
@@ -201,20 +205,10 @@ def test_prealign_motion_is_measured_where_the_homography_has_matches(monkeypatc
     zoomed and rolled, gives a homography whose corners move twice as far as anything
     matched. A frame that moves its matches by less than prealign_motion is not
     pre-aligned however far the homography throws the corners."""
-    rng = np.random.default_rng(5)
-    big = cv2.GaussianBlur(rng.random((480, 640, 3)).astype(np.float32), (0, 0), 1.5)
-    big = (big - big.min()) / (big.max() - big.min())
     yy, xx = np.mgrid[:480, :640]
     patch = (np.abs(yy - 240) < 50) & (np.abs(xx - 320) < 60)
-    big = np.where(patch[:, :, None], big, np.float32(0.5))
-    h, w = 200, 260
-
-    def view(scale, angle):
-        m = cv2.getRotationMatrix2D((float(w / 2), float(h / 2)), angle, scale)
-        m[:, 2] += np.float32([320, 240]) - np.float32([w / 2, h / 2])
-        return cv2.warpAffine(big, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
-
-    target, key = F.FlowFrame(view(1.0, 0.0)), F.FlowFrame(view(1.15, 6.0))
+    big = np.where(patch[:, :, None], _fine_texture(5), np.float32(0.5))
+    target, key = F.FlowFrame(_camera(big, 1.0, 0.0)), F.FlowFrame(_camera(big, 1.15, 6.0))
     hmat, reach = F._homography(target, key)
     long = max(target.luma.shape)
     corner = F._corner_motion(hmat, target.luma.shape)
