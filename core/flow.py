@@ -753,8 +753,8 @@ def flow_between(target: FlowFrame, key: FlowFrame, prealign: bool = False,
                  dis_cache=None, aligned_cache=None, prealign_motion: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """:func:`flow` on prepared frames (same size and working size); ``dis_cache``: see
     :func:`_plain_pair`; ``aligned_cache`` (default ``dis_cache``): see :func:`_aligned`;
-    ``prealign_motion``: pre-align only where the homography moves a frame corner by this
-    share of the working frame's long side or more (:func:`_aligned`)."""
+    ``prealign_motion``: pre-align only where the matches that agree with the homography
+    move by this share of the working frame's long side or more (:func:`_aligned`)."""
     if key.size != target.size or key.luma.shape != target.luma.shape:
         raise ValueError(f"key is {key.size[1]}x{key.size[0]}, target is {target.size[1]}x{target.size[0]}")
     h, w = target.size
