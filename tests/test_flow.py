@@ -143,19 +143,8 @@ def test_complete_flow_continues_a_zoom_and_roll_inside_a_large_hole():
 
 def test_prealign_follows_a_large_zoom_and_roll():
     """A 25 % zoom with 10 degrees of roll: DIS alone loses it, the feature homography does not."""
-    rng = np.random.default_rng(4)
-    big = cv2.GaussianBlur(rng.random((480, 640, 3)).astype(np.float32), (0, 0), 1.5)
-    big = (big - big.min()) / (big.max() - big.min())
-    h, w = 200, 260
-    center = np.float32([320, 240])
-
-    def view(scale, angle):
-        m = cv2.getRotationMatrix2D((float(w / 2), float(h / 2)), angle, scale)
-        m[:, 2] += center - np.float32([w / 2, h / 2])
-        return cv2.warpAffine(big, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP), m
-
-    target, m_t = view(1.0, 0.0)
-    key, m_k = view(1.25, 10.0)
+    target, key = _zoom_views()
+    h, w = target.shape[:2]
     mask = np.zeros((h, w), np.float32)
     mask[70:130, 100:160] = 1
     inside = mask > 0
@@ -185,8 +174,7 @@ def test_prealign_motion_pre_aligns_only_frames_that_move_that_far(monkeypatch):
     homography move by s times the working frame's long side or more: the 25 % zoom with 10
     degrees of roll moves them by about a fifth of the width, so 0.1 pre-aligns it and 0.4
     does not."""
-    big = _fine_texture(4)
-    target, key = F.FlowFrame(_camera(big, 1.0, 0.0)), F.FlowFrame(_camera(big, 1.25, 10.0))
+    target, key = (F.FlowFrame(view) for view in _zoom_views())
     moved = F._homography(target, key)[1] / max(target.luma.shape)
     assert 0.1 < moved < 0.4
     calls = []
@@ -245,17 +233,9 @@ def test_prepared_frames_and_the_dis_cache_give_the_plain_flow():
 
 
 def _zoom_views(h=200, w=260):
-    rng = np.random.default_rng(4)
-    big = cv2.GaussianBlur(rng.random((480, 640, 3)).astype(np.float32), (0, 0), 1.5)
-    big = (big - big.min()) / (big.max() - big.min())
-    center = np.float32([320, 240])
-
-    def view(scale, angle):
-        m = cv2.getRotationMatrix2D((float(w / 2), float(h / 2)), angle, scale)
-        m[:, 2] += center - np.float32([w / 2, h / 2])
-        return cv2.warpAffine(big, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
-
-    return view(1.0, 0.0), view(1.25, 10.0)
+    """Two (h, w) views of one fine texture: as it is, and zoomed 25 % with 10 degrees of roll."""
+    big = _fine_texture(4)
+    return _camera(big, 1.0, 0.0, h, w), _camera(big, 1.25, 10.0, h, w)
 
 
 def test_a_pairs_prealignment_is_found_once_for_both_ways(monkeypatch, caplog):
