@@ -352,6 +352,25 @@ def test_affine_base_reproduces_an_affine_motion_from_the_ring():
     np.testing.assert_allclose(base, flow, atol=1e-3)
 
 
+def test_affine_base_finds_a_motion_a_third_of_the_ring_follows():
+    """With its RANSAC draws capped (_AFFINE_DRAWS), the fit still finds a motion that a third
+    of the ring follows (the share below which it is dropped is 30 %), the rest of the ring
+    moving at random; and drops one that a fifth follows."""
+    rng = np.random.default_rng(5)
+    valid = np.ones((120, 200), bool)
+    valid[40:80, 90:104] = False
+    gx, gy = np.meshgrid(np.arange(200, dtype=np.float32), np.arange(120, dtype=np.float32))
+    flow = np.dstack([0.03 * (gx - 100) + 2.0, 0.03 * (gy - 60) - 1.0]).astype(np.float32)
+    for share, found in ((0.34, True), (0.2, False)):
+        noisy = np.where((rng.random(valid.shape) < share)[:, :, None], flow,
+                         rng.uniform(-8, 8, flow.shape).astype(np.float32))
+        base = F._affine_base(np.where(valid[:, :, None], noisy, 0.0).astype(np.float32), valid)
+        if found:
+            np.testing.assert_allclose(base, flow, atol=0.05)
+        else:
+            assert base is None
+
+
 def _box_hole(h, w, y0, y1, x0, x1):
     hole = np.zeros((h, w), np.float32)
     hole[y0:y1, x0:x1] = 1
