@@ -291,7 +291,8 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
         # the keyframe's file then), plate frames prepared and the flows between them.
         # Threads that fill or look ahead (their fillers share the caches, their loaders the store).
         windows_n = int(settings.parallel_windows)
-        lookahead = LOOKAHEAD if windows_n == 1 and int(settings.threads or os.cpu_count() or 1) > 1 else 0
+        cores = int(settings.threads or os.cpu_count() or 1)
+        lookahead = min(LOOKAHEAD, cores - 1) if windows_n == 1 and cores > 1 else 0
         ahead_frames = AHEAD_FRAMES if lookahead else 0
         shared = ShotCaches(settings, windows_n, ahead_frames)
         # Decoded frames kept for every filling thread: 6 per thread at most, beyond 4 per
@@ -855,7 +856,16 @@ class _WindowFills:
 # 6); in bench/pipeline_speed.py --only real --repeat 3 --against, 7 of 48 against 8. But
 # beside two busy processes its wall time was 1.5-1.6x (bikes_walker keyless 12.5 s against
 # 7.7, bikes_wire keyed 17.0 against 11.5): nice is against every process on the machine,
-# and on a shared one the lookahead lost its cores to the others' jobs.
+# and on a shared one the lookahead lost its cores to the others' jobs. At most one fewer than
+# the cores (--threads), though: a compute thread a core with the filling thread, so one on
+# two cores. Two there kept both cores busiest, but the filling thread's fill took 0.11 s
+# beside no lookahead work and 0.2 s beside two threads of it (keyless bikes_walker), and its
+# frames' seconds swung with that. Interleaved runs of one harness (16-frame real shots, 5
+# rows, then 8, 5 runs a row): 1 and 1 run over 2x the median frame against 6 and 5 (keyed
+# carphone_walker 0 of 10 against 6), wall time 9 % and 6 % longer; computing a flow's two
+# directions in turn, as two threads do, 3 and 2 runs over, 5 % and 1 % longer.
+# bench/pipeline_speed.py --only real --repeat 3 --against d83be26: 2 of 48 runs over 2x
+# against 3 (the 16 rows' mean max/median 1.52 against 1.56), s/frame -9 to +13 %.
 LOOKAHEAD = 2
 AHEAD_FRAMES = 2
 # A keyless window's first frame searches farther (ShotFiller.choose_sources): 4-7 flows, the
@@ -867,6 +877,10 @@ AHEAD_FRAMES = 2
 # --repeat 2 against the parent: keyless runs over 2x the median frame 1 of 16 against 4
 # (bikes_wire's 1008, bbb1080_walker's), the same bytes.
 SPREAD = 2
+
+
+def _nothing() -> None:
+    pass
 
 
 class _Tasks:
@@ -977,7 +991,12 @@ class _FlowsAhead:
         self._submitted = 0
         self._carried: Dict[int, bool] = {}   # frame -> carried(frame)
         self._looked = 0   # frames (by index) before this one were looked at for the early queue (submit)
-        self._pool = _Tasks(threads, "keyprop-ahead", flowlib.directions_in_turn) if self.depth else None
+        # Two or more threads keep the cores busy side by side: each computes a flow's two
+        # directions in turn, offering the second to the filling thread should it wait
+        # (flowlib.directions_in_turn). One (on two cores) hands the second to core.flow's
+        # helper thread, as the filling thread does.
+        self._pool = _Tasks(threads, "keyprop-ahead", flowlib.directions_in_turn if threads > 1 else _nothing) \
+            if self.depth else None
 
     def carried(self, k: int) -> bool:
         """Whether frame ``k``'s fill carries the frame before's (filled in the same window).
@@ -1059,7 +1078,8 @@ class _FlowsAhead:
             future = self._futures.pop(key, None)
             if future is not None and not future.cancelled():
                 # Under way on a lookahead thread: this thread takes the other direction of
-                # its flows meanwhile (flowlib.help_until).
+                # its flows meanwhile (flowlib.help_until; two or more threads offer it, one
+                # hands it to core.flow's helper thread).
                 future.add_done_callback(flowlib.wake_helpers)
                 flowlib.help_until(future.done, frame)
                 future.exception()   # the frame's own fill raises the error, in frame order

@@ -57,7 +57,8 @@ def test_lookahead_gives_the_bytes_of_one_thread(tmp_path, engine, keys, monkeyp
     counts = flows_by_thread(monkeypatch)
     caches = shared_caches(monkeypatch)
     events = []
-    propagate(into(shot, tmp_path / "ahead"), Settings(model=MODEL, threads=2, parallel_windows=1), engine=engine,
+    # Three cores: two lookahead threads (two: test_two_cores_have_one_lookahead_thread).
+    propagate(into(shot, tmp_path / "ahead"), Settings(model=MODEL, threads=3, parallel_windows=1), engine=engine,
               progress=events.append)
     assert outputs(tmp_path / "one") == outputs(tmp_path / "ahead")
     # The setup first, with the first frame to fill (after the keyframe, keyed), then every frame.
@@ -67,6 +68,30 @@ def test_lookahead_gives_the_bytes_of_one_thread(tmp_path, engine, keys, monkeyp
     assert counts.get("keyprop-ahead", 0) > 2 * counts.get("MainThread", 0), counts
     # Every target's flows were dropped when its fill ended.
     assert len(caches) == 1 and len(caches[0].flows) == 0
+
+
+def test_two_cores_have_one_lookahead_thread(tmp_path, engine, monkeypatch):
+    """On two cores (--threads 2) one lookahead thread finds flows beside the filling thread,
+    a compute thread a core (core.api LOOKAHEAD), and hands a flow's second direction to
+    core.flow's helper thread; on three, two lookahead threads. The bytes are those of one
+    thread."""
+    shot = write_long_shot(tmp_path, (FIRST, 110, FIRST + N - 1))
+    propagate(into(shot, tmp_path / "one"), Settings(model=MODEL, threads=1), engine=engine)
+    names, lock, real = set(), threading.Lock(), flowlib._dis
+
+    def recording(*args):
+        with lock:
+            names.add(threading.current_thread().name)
+        return real(*args)
+
+    monkeypatch.setattr(flowlib, "_dis", recording)
+    for threads, ahead in ((2, {"keyprop-ahead_0"}), (3, {"keyprop-ahead_0", "keyprop-ahead_1"})):
+        names.clear()
+        out = tmp_path / f"threads{threads}"
+        propagate(into(shot, out), Settings(model=MODEL, threads=threads, parallel_windows=1), engine=engine)
+        assert outputs(tmp_path / "one") == outputs(out)
+        assert {n for n in names if n.startswith("keyprop-ahead")} == ahead, names
+        assert any(n.startswith("keyprop-flow") for n in names), names
 
 
 def test_a_chunk_inside_a_window_and_a_failed_lookahead_change_nothing(tmp_path, engine, monkeypatch):
