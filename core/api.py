@@ -879,10 +879,6 @@ AHEAD_FRAMES = 2
 SPREAD = 2
 
 
-def _nothing() -> None:
-    pass
-
-
 class _Tasks:
     """Worker threads that take, of the tasks submitted and not cancelled, the first by
     priority whose prerequisites (``after``: futures) are done; idle while none is. A
@@ -995,7 +991,7 @@ class _FlowsAhead:
         # directions in turn, offering the second to the filling thread should it wait
         # (flowlib.directions_in_turn). One (on two cores) hands the second to core.flow's
         # helper thread, as the filling thread does.
-        self._pool = _Tasks(threads, "keyprop-ahead", flowlib.directions_in_turn if threads > 1 else _nothing) \
+        self._pool = _Tasks(threads, "keyprop-ahead", flowlib.directions_in_turn if threads > 1 else lambda: None) \
             if self.depth else None
 
     def carried(self, k: int) -> bool:

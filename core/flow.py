@@ -335,9 +335,9 @@ def extrapolate(forward: np.ndarray, beyond_flow: Callable[[], tuple], target_ho
 
 # RANSAC draws for that fit. 200 find one that 30 % of the ring agrees with at 0.99
 # confidence (168 draws at that share; the fit is dropped below it); OpenCV's default 2000
-# went on where fewer agree, for a fit then dropped: on keyed carphone_walker (a face close
-# up, whose ring is not one affine motion) 50 of 120 fits, 0.60 s of its estimateAffine2D's
-# 2.5 s run on one thread, 0.16 s at 200 draws (/tmp/kp/ea_time.py: the same fits).
+# went on where fewer agree, for a fit then dropped. Keyed carphone_walker (a face close-up,
+# whose ring is not one affine motion; 50 of its 120 fits dropped): its fits took 0.60 s of
+# a 2.5 s run on one thread, 0.16 s at 200 draws, and came out the same.
 _AFFINE_DRAWS = 200
 
 
