@@ -359,7 +359,7 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
         # and a pool of two, single frames of 176x144 shots stalled for 0.2-0.4 s against 0.1 s
         # (bench/pipeline_speed.py --only real). Same pixels either way.
         cv2_threads = cv2.getNumThreads()
-        cv2.setNumThreads(max(1, int(settings.threads or os.cpu_count() or 1) // (workers + lookahead)))
+        cv2.setNumThreads(max(1, cores // (workers + lookahead)))
         if workers > 1:
             # Windows filled side by side (_WindowFills); the workers' fillers share the engine
             # behind a lock (engines need not be thread-safe). This thread reads keyframes' plates.
