@@ -228,8 +228,14 @@ class ShotCaches:
         # frame -> (work RGB, hole zeroed; hole; FlowFrame)
         self.plates = SharedLRU(n * (2 * len(SOURCE_OFFSETS) + 2) + ahead)
         # DIS flows both ways between two plate frames, completed in the holes: frame t's
-        # pair with t+1 serves t+1's with t.
-        self.pairs = SharedLRU((n + ahead) * 2 * settings.max_sources)
+        # pair with t+1 serves t+1's with t. Two a source for each filler and each frame its
+        # lookahead works ahead, and at least three a source for each filler: its own targets
+        # in turn want that many (the next target reuses the pairs of the one before, and an
+        # adjacent source's flow beyond is another pair). At two, one filler with no lookahead
+        # (--threads 1, or a ShotFiller on its own) made 15-21 of the 36-41 pairs
+        # of keyless 16-frame real shots a second time (bikes_wire, bbb_wire, carphone_walker,
+        # carphone_wire; bbb_walker 7 of 32, bikes_walker none of 26); at three, none to 2.
+        self.pairs = SharedLRU(max((n + ahead) * 2, n * 3) * settings.max_sources)
         # The pre-alignments of those pairs (core.flow._aligned: a homography, or None where
         # the frames need none, and the pre-aligned flows where a target takes them), shared
         # the same way; most pairs need none, and few take the flows. Two entries a pair (its
@@ -237,8 +243,10 @@ class ShotCaches:
         # frames (every pair pre-aligned) made 14 of their 94 DIS flows a second time (--threads 1).
         self.aligned = SharedLRU((n + ahead) * 4 * settings.max_sources)
         # Flows between adjacent plate frames as flow_between finds them, before
-        # ShotFiller._extrapolated: t -> t+1 is also the flow beyond for t-1 -> t.
-        self.adjacent = SharedLRU((n + ahead) * 4)
+        # ShotFiller._extrapolated: t -> t+1 is also the flow beyond for t-1 -> t. At least 6
+        # for each filler: at 4, one filler with no lookahead made 11 of the 30 of those shots
+        # again, at 6 none.
+        self.adjacent = SharedLRU(max((n + ahead) * 4, n * 6))
         self.flows = FlowsByTarget()   # target tag -> source key -> (flow, error), while in work
         # The latest search's tries, of usual searches (False) and of searches that looked
         # farther (True: ShotFiller.choose_sources): (target frame, offsets of the plate frames

@@ -265,6 +265,37 @@ def test_keyframes_are_prepared_once_for_every_window_thread(engine, tmp_path, m
     assert len(made) == 3, made
 
 
+def test_one_filler_makes_a_pair_of_frames_flows_once(engine, tmp_path, monkeypatch):
+    """A filler's targets in turn share the DIS pairs of plate frames and the flows between
+    adjacent ones (ShotCaches.pairs, .adjacent): kept for a filler's own targets, not only
+    for its lookahead frames, so that one filler with no lookahead (--threads 1) makes each
+    once, keyless (every target flows to its plate frames)."""
+    from keyprop.core import filler as filler_mod
+
+    made, lock, real_init = {}, threading.Lock(), filler_mod.ShotCaches.__init__
+
+    class Counting(filler_mod.SharedLRU):
+        def get_or(self, key, make):
+            def making():
+                with lock:
+                    made[self.name, key] = made.get((self.name, key), 0) + 1
+                return make()
+
+            return super().get_or(key, making)
+
+    def counting(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        for name in ("pairs", "adjacent"):
+            cache = getattr(self, name)
+            cache.__class__, cache.name = Counting, name
+
+    monkeypatch.setattr(filler_mod.ShotCaches, "__init__", counting)
+    shot = write_long_shot(tmp_path)
+    run(into(shot, tmp_path / "out"), engine, 1, settings={"threads": 1})
+    assert {name for name, _ in made} == {"pairs", "adjacent"}
+    assert all(n == 1 for n in made.values()), {k: n for k, n in made.items() if n > 1}
+
+
 def test_shared_lru_makes_each_value_once_for_threads_that_ask_together():
     """SharedLRU.get_or: callers of one key side by side get the one value the first made; a
     failed make raises in every caller waiting for it and is not kept; the size holds."""
