@@ -274,20 +274,22 @@ def test_one_filler_makes_a_pair_of_frames_flows_once(engine, tmp_path, monkeypa
 
     made, lock, real_init = {}, threading.Lock(), filler_mod.ShotCaches.__init__
 
-    class Counting(filler_mod.SharedLRU):
-        def get_or(self, key, make):
+    def counted(name, get_or):
+        def counting_get_or(key, make):
             def making():
                 with lock:
-                    made[self.name, key] = made.get((self.name, key), 0) + 1
+                    made[name, key] = made.get((name, key), 0) + 1
                 return make()
 
-            return super().get_or(key, making)
+            return get_or(key, making)
+
+        return counting_get_or
 
     def counting(self, *args, **kwargs):
         real_init(self, *args, **kwargs)
         for name in ("pairs", "adjacent"):
             cache = getattr(self, name)
-            cache.__class__, cache.name = Counting, name
+            cache.get_or = counted(name, cache.get_or)
 
     monkeypatch.setattr(filler_mod.ShotCaches, "__init__", counting)
     shot = write_long_shot(tmp_path)
