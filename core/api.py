@@ -378,7 +378,7 @@ def propagate(shot: Shot, settings: Optional[Settings] = None, engine=None,
         ahead_flows = _FlowsAhead(lambda: new_filler(locked), frames, keys_set, fill_target=lambda f: not written(f),
             is_filled=is_filled, plan=key_plan, candidates=lambda k: source_candidates(k, plate_with_masks),
             threads=lookahead if windows is None and filler is not None else 0, depth=ahead_frames,
-            limit=settings.max_sources, tries=lambda farther: shared.last_search[farther][1])
+            limit=settings.max_sources, tries=lambda: shared.last_search[1])
 
         def prime(frame):
             """The setup's end, one frame after another: the run's first frame to fill made
@@ -868,15 +868,24 @@ class _WindowFills:
 # against 3 (the 16 rows' mean max/median 1.52 against 1.56), s/frame -9 to +13 %.
 LOOKAHEAD = 2
 AHEAD_FRAMES = 2
-# A keyless window's first frame searches farther (ShotFiller.choose_sources): 4-7 flows, the
+# A keyless window's first frame searches farther (ShotFiller.choose_sources): 3-7 flows, the
 # far ones dearer, against 2-3. Queued at its own turn, the lookahead threads made them all
 # between the frame before's fill and its own: keyless carphone_walker's 1008 took 2.4-2.7x
-# the median frame in three runs of one harness (its far flows made while the filling thread
-# waited). Its flows beyond the two nearest are queued two frames sooner, each between the
-# flows of one of the two frames before it: 1.3-1.8x. bench/pipeline_speed.py --only real
-# --repeat 2 against the parent: keyless runs over 2x the median frame 1 of 16 against 4
-# (bikes_wire's 1008, bbb1080_walker's), the same bytes.
-SPREAD = 2
+# the median frame in three runs of one harness. Then its likely flows beyond the two
+# nearest, guessed from the latest such search's tries, were queued two frames sooner
+# (1.3-1.8x there); but that guess came from the run's first frame, whose search has frames
+# on one side only: carphone_walker's 1008 made a far flow to 1016 in vain and missed 1006,
+# and in bench/pipeline_speed.py --only real --repeat 3 it took 1.98-2.18x the median frame.
+# Now its search itself runs in parts (no guess): one on each of the SEARCH_TURNS frames'
+# turns before its own, each making PART_PAIRS of its candidates' DIS pairs in the search's
+# order, and the rest at its own turn. Interleaved harness runs of the keyless 16-frame real
+# shots (6 rounds): mean max/median carphone_walker 1.29 against 1.72, bbb_walker 1.41
+# against 1.65 (their 1008 no longer the slowest frame), bikes_wire 1.60 against 1.61,
+# carphone_wire 1.47 against 1.40, bikes_walker 1.86 against 1.59 and bbb_wire 1.73 against
+# 1.59 (whose slowest frames are 1003-1011 and 1004-1005 either way; 8 more rounds of those
+# two: 1.71 against 1.64, 1.66 against 1.56); the same bytes.
+SEARCH_TURNS = 2
+PART_PAIRS = 1
 
 
 class _Tasks:
@@ -956,7 +965,7 @@ class _FlowsAhead:
     find the flows of the next ``depth`` frames to fill while the filling thread composes the
     current frame, whose fill then finds its flows made. Per frame, nearest frame first
     (:class:`_Tasks`): its likely flows one task each (ShotFiller.find_pair: to its
-    keyframes, and to the plate frames the latest search of its kind tried, ShotCaches.last_search; the
+    keyframes, and to the plate frames the latest usual search tried, ShotCaches.last_search; the
     two nearest before any search), so the threads share the nearest frame and it is ready
     before the next; then, once those are made, the rest of its search (find_flows). Handed
     out a frame a thread, two frames were made ready together and were filled and written
@@ -968,20 +977,21 @@ class _FlowsAhead:
     (:meth:`help`). A guessed flow its search then does not try is the only work done in
     vain. A window's first frame, whose fill carries nothing from the frame before, gets its
     network fill made after its search should its fill want one (ShotFiller.network_ahead);
-    a keyless one, which searches farther, has its likely flows beyond the two nearest
-    queued SPREAD frames sooner, taken in turn with the frames before it.
+    a keyless one, which searches farther, has its search run in parts on the turns of the
+    frames before it (:meth:`_search_in_parts`), guessing nothing.
     The values are those the fill would make itself: the same pixels. An error here is left
     for the frame's own fill to raise, in frame order."""
 
     def __init__(self, new_filler, frames, keys, fill_target, is_filled, plan, candidates, threads: int,
-                 depth: int, limit: int, tries=lambda farther: ()):
+                 depth: int, limit: int, tries=lambda: ()):
         self._frames = [f for f in frames if f not in keys]
         self._index = {f: i for i, f in enumerate(self._frames)}
         self._fill_target, self._is_filled, self._plan, self._candidates = fill_target, is_filled, plan, candidates
         self.depth = depth if threads else 0   # frames ahead
         self._limit = limit                     # sources a frame takes
-        self._tries = tries   # farther -> the offsets the latest such search tried (ShotCaches.last_search)
-        # frame (its search), ("part", frame, source) or ("network", frame) -> Future
+        self._tries = tries   # the offsets the latest usual search tried (ShotCaches.last_search)
+        # frame (its search), ("part", frame, source), ("search", frame, turn) (a part of its
+        # search: _search_in_parts) or ("network", frame) -> Future
         self._futures: Dict[object, object] = {}
         self._fillers = _Fillers(new_filler)        # (filler, loader) of each lookahead thread
         self._submitted = 0
@@ -1004,12 +1014,9 @@ class _FlowsAhead:
 
     def _parts(self, k: int) -> list:
         """Frame ``k``'s flows most likely wanted: to its keyframes, and to the plate frames at
-        the offsets the latest search tried (or, before any, its two nearest candidates)."""
+        the offsets the latest usual search tried (or, before any, its two nearest candidates)."""
         plan, candidates = self._plan(k), self._candidates(k)
-        # A keyless window's first frame searches farther (ShotFiller.choose_sources): the
-        # latest such search's tries, else the latest search's.
-        farther = ShotFiller.looks_farther(plan, self.carried(k))
-        tried = [k + o for o in (farther and self._tries(True)) or self._tries(False) if k + o in candidates]
+        tried = [k + o for o in self._tries() if k + o in candidates]
         return [("key", j) for j in plan] + (tried or list(candidates[:max(0, min(2, self._limit - len(plan)))]))
 
     def start(self, k: int) -> None:
@@ -1025,41 +1032,53 @@ class _FlowsAhead:
     def submit(self, frame: int) -> None:
         """Queue the ``depth`` frames to fill after ``frame`` for the lookahead threads: each
         frame's likely flows, then the rest of its search once they are made; and, of the
-        SPREAD frames after those, a keyless window's first frame's likely flows beyond its
-        two nearest, each between the flows of one of the frames before it."""
+        SEARCH_TURNS frames after those, a keyless window's first frame's search in parts."""
         if self._pool is None or frame not in self._index:
             return
         upto = min(len(self._frames), self._index[frame] + 1 + self.depth)
         self._submitted = max(self._submitted, self._index[frame] + 1)
-        for k in self._frames[max(upto, self._looked):upto + SPREAD]:
+        for k in self._frames[max(upto, self._looked):upto + SEARCH_TURNS]:
             if self._fill_target(k) and ShotFiller.looks_farther(self._plan(k), self.carried(k)):
-                # A keyless window's first frame searches farther: its flows beyond the two
-                # nearest are spread over the turns of the frames before it.
-                for i, part in enumerate(self._parts(k)[2:]):
-                    self._futures[("part", k, part)] = self._pool.submit(
-                        (self._index[k] - 1 - i % SPREAD, 0.5), self._find, k, part)
-        self._looked = max(self._looked, upto + SPREAD)
+                self._search_in_parts(k)
+        self._looked = max(self._looked, upto + SEARCH_TURNS)
         while self._submitted < upto:
             k = self._frames[self._submitted]
             self._submitted += 1
             if self._fill_target(k):
-                self.start(k)
-                parts = [f for key, f in self._futures.items() if isinstance(key, tuple) and key[:2] == ("part", k)]
-                self._futures[k] = self._pool.submit((self._index[k], 1), self._find, k, after=parts)
+                if k not in self._futures:   # else its search is queued in parts
+                    self.start(k)
+                    parts = [f for key, f in self._futures.items() if isinstance(key, tuple) and key[:2] == ("part", k)]
+                    self._futures[k] = self._pool.submit((self._index[k], 1), self._find, k, after=parts)
                 if not self.carried(k):
                     # A window's first frame: its network fill, should its fill want one, once
                     # its search is done (ShotFiller.network_ahead).
                     self._futures[("network", k)] = self._pool.submit((self._index[k], 2), self._find, k, "network",
                                                                       after=[self._futures[k]])
 
+    def _search_in_parts(self, k: int) -> None:
+        """Queue the search of frame ``k``, a keyless window's first frame (it searches farther,
+        from frames on both sides, where the latest search of its kind, the run's first frame's,
+        may have had frames on one side only: no guess), in parts: one on each of the
+        SEARCH_TURNS frames' turns before its own (each making PART_PAIRS of its candidates' DIS
+        pairs, in the search's order: ShotFiller.choose_sources' ``pairs``), one after another,
+        and the rest at its own turn. A frame's turn takes its likely flows first, then the part,
+        then its own search."""
+        at, after = self._index[k], []
+        for turn in range(SEARCH_TURNS, 0, -1):
+            after = [self._pool.submit((at - turn, 0.5), self._find, k, ("pairs", PART_PAIRS), after=after)]
+            self._futures[("search", k, turn)] = after[0]
+        self._futures[k] = self._pool.submit((at, 1), self._find, k, after=after)
+
     def help(self, filler, pixels, mask, frame: int) -> None:
         """On the filling thread, before ``frame``'s fill: its likely flows no lookahead
         thread has begun (last first, meeting the lookahead threads), then wait for those
-        under way. Its search's remainder, not begun, is left to its fill."""
+        under way. Its search's remainder, or parts of it, not begun, are left to its fill."""
         if self._pool is None:
             return
         parts = [key for key in self._futures if isinstance(key, tuple) and key[:2] == ("part", frame)]
-        for key in (("network", frame), frame):   # the network first: it waits on the search
+        searches = [key for key in self._futures if isinstance(key, tuple) and key[:2] == ("search", frame)]
+        # The network first (it waits on the search), the search before its parts (it waits on them).
+        for key in [("network", frame), frame] + searches:
             if key in self._futures and self._futures[key].cancel():
                 del self._futures[key]
         if parts and mask is not None and (mask > 0).any():
@@ -1070,7 +1089,7 @@ class _FlowsAhead:
                     filler.find_pair(frame, pixels, mask, key[2])
                 except Exception:  # noqa: BLE001 - a source the search does not try must not fail the frame
                     log.debug("lookahead of frame %d (%s) failed", frame, key[2], exc_info=True)
-        for key in parts + [frame, ("network", frame)]:
+        for key in parts + searches + [frame, ("network", frame)]:
             future = self._futures.pop(key, None)
             if future is not None and not future.cancelled():
                 # Under way on a lookahead thread: this thread takes the other direction of
@@ -1081,8 +1100,9 @@ class _FlowsAhead:
                 future.exception()   # the frame's own fill raises the error, in frame order
 
     def _find(self, k: int, part=None) -> None:
-        """A lookahead thread: frame ``k``'s flows (find_flows), one of them (``part``), or
-        (``part`` "network") its network fill."""
+        """A lookahead thread: frame ``k``'s flows (find_flows), one of them (``part``), a part
+        of its search (``part`` ("pairs", n): find_flows making n DIS pairs), or (``part``
+        "network") its network fill."""
         taken = self._fillers.take()
         filler, loader = taken
         try:
@@ -1094,6 +1114,9 @@ class _FlowsAhead:
             with flowlib.offering(k):
                 if part == "network":
                     filler.network_ahead(pixels, mask, self._plan(k), self._candidates(k), k)
+                elif isinstance(part, tuple) and part[0] == "pairs":
+                    filler.find_flows(pixels, mask, self._plan(k), self._candidates(k), k, carried=self.carried(k),
+                                      pairs=part[1])
                 elif part is not None:
                     filler.find_pair(k, pixels, mask, part)
                 else:

@@ -248,10 +248,10 @@ class ShotCaches:
         # again, at 6 none.
         self.adjacent = SharedLRU(max((n + ahead) * 4, n * 6))
         self.flows = FlowsByTarget()   # target tag -> source key -> (flow, error), while in work
-        # The latest search's tries, of usual searches (False) and of searches that looked
-        # farther (True: ShotFiller.choose_sources): (target frame, offsets of the plate frames
-        # it flowed to, in order); the lookahead's first guess at the next targets' (core.api).
-        self.last_search = {False: (None, ()), True: (None, ())}
+        # The latest usual search's tries (not one that looked farther: ShotFiller.choose_sources):
+        # (target frame, offsets of the plate frames it flowed to, in order); the lookahead's
+        # first guess at the next targets' (core.api).
+        self.last_search = (None, ())
 
 
 class ShotFiller:
@@ -405,21 +405,28 @@ class ShotFiller:
                                    self.plate_frame(t)[1], self.plate_frame(s)[1])
 
     def find_flows(self, pixels: np.ndarray, mask: np.ndarray, key_frames: Sequence[int],
-                   source_candidates: Sequence[int], frame: int, carried: bool) -> None:
+                   source_candidates: Sequence[int], frame: int, carried: bool,
+                   pairs: Optional[int] = None) -> bool:
         """What :meth:`fill` of ``frame`` will ask of the flows, found ahead (a lookahead
         thread, core.api, while the frame before is filled): the target prepared, its flows
         to its keyframes and to the plate sources the search tries, and (``carried``: the
         frame before is filled in the same window) to the frame before. The values are those
         the fill would make itself (the same calls, kept in the shared caches until the
-        fill of ``frame`` ends), so the pixels do not change."""
+        fill of ``frame`` ends), so the pixels do not change.
+
+        ``pairs``: a part of the search only (choose_sources' ``pairs``). Returns whether
+        every flow was found."""
         _, hole, target_flow = self.plate_frame(frame, lambda: (pixels, mask))
         for k in key_frames:
             self._flow(target_flow, self.keyframe(k)[2], ("key", k))
         if self._searches_plate(key_frames, source_candidates):
-            self.choose_sources(target_flow, hole, source_candidates, self.settings.max_sources - len(key_frames),
-                                farther=self.looks_farther(key_frames, carried and self._carries()))
+            if self.choose_sources(target_flow, hole, source_candidates, self.settings.max_sources - len(key_frames),
+                                   farther=self.looks_farther(key_frames, carried and self._carries()),
+                                   pairs=pairs) is None:
+                return False
         if carried and self._carries():
             self._flow(target_flow, self.plate_frame(frame - 1)[2])
+        return True
 
     def _searches_plate(self, key_frames, source_candidates) -> bool:
         """Whether a fill with these keyframes looks for plate frames among the candidates."""
@@ -458,7 +465,7 @@ class ShotFiller:
         self._flows.discard(("plate", frame))
 
     def choose_sources(self, target: flowlib.FlowFrame, hole, candidates: Sequence[int], limit: int,
-                       farther: bool = False):
+                       farther: bool = False, pairs: Optional[int] = None):
         """Plate frames that show the target's hole once aligned, nearest first then spread out.
 
         Candidates are tried in the order given (``source_candidates``: +-1, +-2, +-4, ...).
@@ -477,6 +484,11 @@ class ShotFiller:
         (bench/real_quality.py --frames 32 --no-keys: 24.82 -> 25.59 dB mean, carphone_walker
         20.89 -> 23.13; keyed fills have their keyframes: unchanged).
 
+        ``pairs`` (a search in parts, core.api's lookahead): the search makes at most that
+        many of its candidates' DIS pairs (core.flow: the costly part of a flow; a pair the
+        search of a frame before made is taken as made) and stops before the next, returning
+        None; called again, it goes on from there.
+
         Depends only on the inputs. Returns [(frame, flow, error)], in the candidates' order.
         """
         h, w = hole.shape
@@ -492,13 +504,19 @@ class ShotFiller:
                 out |= kept[c][2]
             return out
 
+        stopped = False
         try:
             for cand in candidates:
                 full = len(kept) >= limit
                 if full and not farther:
                     break
-                tried.append(cand)
                 _, src_hole, src_flow = self.plate_frame(cand)
+                if pairs is not None and not self._paired(target, src_flow):
+                    if pairs == 0:
+                        stopped = True
+                        break
+                    pairs -= 1
+                tried.append(cand)
                 f, e = self._flow(target, src_flow)
                 qx = np.rint(xs + f[ys, xs, 0]).astype(int)
                 qy = np.rint(ys + f[ys, xs, 1]).astype(int)
@@ -520,18 +538,27 @@ class ShotFiller:
                 if revealed(kept).mean() >= 0.98:
                     break
         finally:
-            self._searched(target, tried, farther)
+            if not stopped:   # a search in parts is noted once whole
+                self._searched(target, tried, farther)
+        if stopped:
+            return None
         order = {c: i for i, c in enumerate(candidates)}
         return [(c, kept[c][0], kept[c][1]) for c in sorted(kept, key=order.get)]
 
+    def _paired(self, target: flowlib.FlowFrame, source: flowlib.FlowFrame) -> bool:
+        """Whether the flow target -> source, or its frames' DIS pair, is made or under way."""
+        return self._flows.has(target.tag, source.tag) or \
+            self._dis.get(flowlib.pair_key(target.tag, source.tag)) is not None
+
     def _searched(self, target: flowlib.FlowFrame, tried: List[int], farther: bool = False) -> None:
-        """Note a plate target's search's tries (ShotCaches.last_search), the latest target's
-        of its kind (``farther``)."""
-        if isinstance(target.tag, tuple) and target.tag[0] == "plate":
+        """Note a plate target's usual search's tries (ShotCaches.last_search), the latest
+        target's; not those of one that looked farther (``farther``), whose tries say nothing
+        of a usual search's."""
+        if not farther and isinstance(target.tag, tuple) and target.tag[0] == "plate":
             frame = target.tag[1]
-            latest = self.shared.last_search[farther][0]
+            latest = self.shared.last_search[0]
             if latest is None or frame >= latest:
-                self.shared.last_search[farther] = (frame, tuple(c - frame for c in tried))
+                self.shared.last_search = (frame, tuple(c - frame for c in tried))
 
     def fill(self, pixels: np.ndarray, mask: np.ndarray, key_frames: Sequence[int],
              source_candidates: Sequence[int] = (), frame: Optional[int] = None) -> np.ndarray:

@@ -50,7 +50,7 @@ import numpy as np
 from .roi import mask_bbox
 
 __all__ = ["flow", "flow_between", "FlowFrame", "warp", "complete_flow", "extrapolate", "consistency_error",
-           "cross_matches", "DEFAULT_WORK_SIZE", "OUT_OF_FRAME_ERROR"]
+           "cross_matches", "pair_key", "DEFAULT_WORK_SIZE", "OUT_OF_FRAME_ERROR"]
 
 log = logging.getLogger(__name__)
 
@@ -683,10 +683,17 @@ def _plain_pair(target: FlowFrame, key: FlowFrame, cache):
 
     if cache is None or target.tag is None or key.tag is None:
         return compute()
-    if repr(target.tag) <= repr(key.tag):
-        return cache.get_or((target.tag, key.tag), compute)
-    backward, forward = cache.get_or((key.tag, target.tag), lambda: _plain_pair(key, target, None))
+    kept = pair_key(target.tag, key.tag)
+    if kept[0] == target.tag:
+        return cache.get_or(kept, compute)
+    backward, forward = cache.get_or(kept, lambda: _plain_pair(key, target, None))
     return forward, backward
+
+
+def pair_key(a, b) -> tuple:
+    """The key of two tagged frames' DIS pair in :func:`_plain_pair`'s cache: their tags, the
+    lower by repr first (one entry whichever frame is the target)."""
+    return (a, b) if repr(a) <= repr(b) else (b, a)
 
 
 def _aligned(target: FlowFrame, key: FlowFrame, forward, error, known, cache, motion: float = 0.0):

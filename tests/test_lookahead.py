@@ -230,7 +230,8 @@ def test_a_frames_search_begins_once_its_likely_flows_are_made(tmp_path, engine,
     are shared out to the lookahead threads one by one, and its search (find_flows) begins
     only once they are made: the search finds them made instead of holding a thread waiting
     on another's flow. The first frames guess the two nearest sources; later ones the
-    latest search's tries."""
+    latest usual search's tries. (A keyless window's first frame guesses nothing: its
+    search runs in parts, the test below.)"""
     shot = write_long_shot(tmp_path)
     spans, lock = [], threading.Lock()
 
@@ -242,7 +243,8 @@ def test_a_frames_search_begins_once_its_likely_flows_are_made(tmp_path, engine,
             finally:
                 if threading.current_thread().name.startswith("keyprop-ahead"):
                     with lock:
-                        spans.append((name, args[frame_at], start, time.perf_counter()))
+                        spans.append((name if kwargs.get("pairs") is None else "a part", args[frame_at], start,
+                                      time.perf_counter()))
         return run
 
     # find_pair(frame, pixels, mask, source); find_flows(pixels, mask, keys, candidates, frame, carried)
@@ -250,12 +252,13 @@ def test_a_frames_search_begins_once_its_likely_flows_are_made(tmp_path, engine,
         monkeypatch.setattr(filler_mod.ShotFiller, name, timed(name, getattr(filler_mod.ShotFiller, name), frame_at))
     caches = shared_caches(monkeypatch)
     propagate(into(shot, tmp_path / "out"), Settings(model=MODEL, threads=2, parallel_windows=1), engine=engine)
-    searches = [(f, a) for name, f, a, _ in spans if name == "find_flows"]
-    assert len(searches) > 2
+    in_parts = {f for name, f, _, _ in spans if name == "a part"}
+    searches = [(f, a) for name, f, a, _ in spans if name == "find_flows" and f not in in_parts]
+    assert len(searches) > 2 and in_parts
     for frame, began in searches:
         parts = [b for name, f, _, b in spans if name == "find_pair" and f == frame]
         assert parts and all(end <= began for end in parts), frame
-    assert caches[0].last_search[False][0] is not None and caches[0].last_search[False][1]
+    assert caches[0].last_search[0] is not None and caches[0].last_search[1]
 
 
 def write_slow_blob_shot(root, frames=range(101, 121)) -> Shot:
@@ -306,39 +309,47 @@ def test_a_windows_first_frame_runs_its_network_ahead_on_a_lookahead_thread(tmp_
     assert sorted(passes) == ["MainThread"] + ["keyprop-ahead"] * 3
 
 
-def test_a_keyless_windows_first_frame_has_its_farther_flows_begun_in_the_frames_before(tmp_path, engine,
-                                                                                      monkeypatch):
-    """A keyless window's first frame searches farther (ShotFiller.looks_farther): its likely
-    flows beyond the two nearest are queued SPREAD frames sooner than its own turn and taken
-    between the frames before it, so that its turn is not all of them at once. Without
-    that, none of its flows could begin before the frame AHEAD_FRAMES + 1 before it is filled
-    (its frame is queued only then, AHEAD_FRAMES ahead). The bytes are those of one thread."""
+def test_a_keyless_windows_first_frame_searches_in_parts_on_the_turns_before_its_own(tmp_path, engine, monkeypatch):
+    """A keyless window's first frame searches farther (ShotFiller.looks_farther): its search
+    runs in parts on a lookahead thread, begun SEARCH_TURNS frames before its own turn, each
+    part making PART_PAIRS of its DIS pairs. Without that, none of its flows could begin before
+    the frame AHEAD_FRAMES + 1 before it is filled (its frame is queued only then, AHEAD_FRAMES
+    ahead). Nothing is guessed: the flows made for it are those its search makes with one
+    thread, and the bytes are those of one thread."""
     shot = write_slow_blob_shot(tmp_path)
+    made, lock = [], threading.Lock()
+    real_get_or = filler_mod.FlowsByTarget.get_or
+
+    def recording(self, target, source, make):
+        def timed():
+            with lock:
+                made.append((target, source, threading.current_thread().name, time.perf_counter()))
+            return make()
+        return real_get_or(self, target, source, timed)
+
+    monkeypatch.setattr(filler_mod.FlowsByTarget, "get_or", recording)
     propagate(into(shot, tmp_path / "one"), Settings(model=MODEL, threads=1), engine=engine)
-    spans, lock = [], threading.Lock()
+    one = [(t, s) for t, s, _, _ in made]
+    made.clear()
+    fill_end, real_fill = {}, filler_mod.ShotFiller.fill
 
-    def timed(name, real, frame_at, sleep=0.0):
-        def run(self, *args, **kwargs):
-            start = time.perf_counter()
-            time.sleep(sleep)
-            try:
-                return real(self, *args, **kwargs)
-            finally:
-                with lock:
-                    spans.append((name, threading.current_thread().name, args[frame_at], start, time.perf_counter()))
-        return run
+    def slow(self, *args, **kwargs):   # fill(pixels, mask, keys, candidates, frame), slowed by 50 ms:
+        time.sleep(0.05)                # the lookahead thread takes what is queued when it is queued
+        try:
+            return real_fill(self, *args, **kwargs)
+        finally:
+            fill_end[args[4]] = time.perf_counter()
 
-    # find_pair(frame, pixels, mask, source); fill(pixels, mask, keys, candidates, frame), slowed
-    # by 50 ms: the lookahead threads take what is queued when it is queued.
-    monkeypatch.setattr(filler_mod.ShotFiller, "find_pair", timed("find_pair", filler_mod.ShotFiller.find_pair, 0))
-    monkeypatch.setattr(filler_mod.ShotFiller, "fill", timed("fill", filler_mod.ShotFiller.fill, 4, 0.05))
+    monkeypatch.setattr(filler_mod.ShotFiller, "fill", slow)
     propagate(into(shot, tmp_path / "ahead"), Settings(model=MODEL, threads=2, parallel_windows=1), engine=engine)
     assert outputs(tmp_path / "one") == outputs(tmp_path / "ahead")
-    fill_end = {f: end for name, thread, f, _, end in spans if name == "fill" and thread == "MainThread"}
-    # Windows 104-111, 112-119 and 120 (the run's last frame). 104's flows are queued in the
-    # setup, before any search looked farther: it guesses only its two nearest.
-    for start in (112, 120):
-        queued = fill_end[start - 1 - api.AHEAD_FRAMES]   # its own turn, without the spread
-        early = [b for name, thread, f, b, _ in spans
-                 if name == "find_pair" and f == start and thread.startswith("keyprop-ahead") and b < queued]
-        assert early, start
+    # Windows 104-111, 112-119 and 120 (the run's last frame).
+    for start in (104, 112, 120):
+        target = ("plate", start)
+        assert sorted(map(repr, (s for t, s, _, _ in made if t == target))) == \
+            sorted(map(repr, (s for t, s in one if t == target))), start
+        if start - 1 - api.AHEAD_FRAMES in fill_end:
+            queued = fill_end[start - 1 - api.AHEAD_FRAMES]   # its own turn
+            assert [at for t, _, thread, at in made
+                    if t == target and thread.startswith("keyprop-ahead") and at < queued], start
+

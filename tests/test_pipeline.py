@@ -789,11 +789,9 @@ def test_bar_line_ends_before_a_log_record():
     assert lines[3:] == [""]
 
 
-def test_a_fill_that_carries_nothing_looks_farther_for_what_its_nearest_frames_hide():
-    """A still plate with a blob creeping 1 px a frame: each near frame reveals a sliver of
-    the target's hole. The usual search keeps the nearest four and leaves most of the hole to
-    the network; a fill that carries nothing (``farther``) goes on, and farther frames take
-    the places of those that add least until the hole is revealed."""
+def creeping_blob_filler():
+    """A ShotFiller over 40 frames of a still plate with a blob creeping 1 px a frame (each
+    near frame reveals a sliver of a target's hole), and frame 20's candidates."""
     from keyprop.core.api import ShotFiller, source_candidates
     from keyprop.core.roi import plan_roi
 
@@ -809,8 +807,16 @@ def test_a_fill_that_carries_nothing_looks_farther_for_what_its_nearest_frames_h
     roi = plan_roi((0, 0, 64, 160), (64, 160), 640, engine.stride)
     filler = ShotFiller(engine, roi, Settings(), False, key_loader=None,
                         source_loader=lambda k: (frames[k], masks[k]))
+    return filler, source_candidates(20, set(range(40)))
+
+
+def test_a_fill_that_carries_nothing_looks_farther_for_what_its_nearest_frames_hide():
+    """A still plate with a blob creeping 1 px a frame: each near frame reveals a sliver of
+    the target's hole. The usual search keeps the nearest four and leaves most of the hole to
+    the network; a fill that carries nothing (``farther``) goes on, and farther frames take
+    the places of those that add least until the hole is revealed."""
+    filler, candidates = creeping_blob_filler()
     _, hole, target = filler.plate_frame(20)
-    candidates = source_candidates(20, set(range(40)))
 
     nearest = filler.choose_sources(target, hole, candidates, 4)
     assert [c for c, _, _ in nearest] == [21, 19, 22, 18]
@@ -820,3 +826,32 @@ def test_a_fill_that_carries_nothing_looks_farther_for_what_its_nearest_frames_h
     assert len(picked) <= 4 and picked == sorted(picked, key=candidates.index)
     assert max(abs(c - 20) for c in picked) >= 8
     assert revealed(filler, hole, farther) >= 0.98
+
+
+def test_a_search_in_parts_makes_its_share_of_pairs_and_then_the_same_choice(monkeypatch):
+    """choose_sources with ``pairs`` (core.api's lookahead: a keyless window's first frame's
+    search, in parts on the turns before its own) makes at most that many of its candidates'
+    DIS pairs, in the search's order, and stops (None) before the next; called again, it goes
+    on. Once a part finds the search whole, the search finds the same sources as one made at
+    once, and the fill's search then makes no flow."""
+    filler, candidates = creeping_blob_filler()
+    _, hole, target = filler.plate_frame(20)
+    whole = creeping_blob_filler()[0]
+    _, whole_hole, whole_target = whole.plate_frame(20)
+    expected = whole.choose_sources(whole_target, whole_hole, candidates, 4, farther=True)
+
+    def paired(f):
+        return sorted(c for c in candidates if any(("plate", 20) in key and ("plate", c) in key for key in f._dis))
+
+    made, parts = [], 0
+    while filler.choose_sources(target, hole, candidates, 4, farther=True, pairs=1) is None:
+        parts += 1
+        made.append(paired(filler))
+        assert len(made[-1]) == parts   # one more each part
+    assert paired(filler) == paired(whole) and len(paired(whole)) >= 5
+    flows = []
+    monkeypatch.setattr(flowlib, "flow_between", lambda *args, **kwargs: flows.append(args))
+    chosen = filler.choose_sources(target, hole, candidates, 4, farther=True)
+    assert not flows
+    assert [c for c, _, _ in chosen] == [c for c, _, _ in expected]
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(chosen, expected))
