@@ -406,7 +406,7 @@ class ShotFiller:
 
     def find_flows(self, pixels: np.ndarray, mask: np.ndarray, key_frames: Sequence[int],
                    source_candidates: Sequence[int], frame: int, carried: bool,
-                   pairs: Optional[int] = None) -> bool:
+                   pairs: Optional[int] = None) -> None:
         """What :meth:`fill` of ``frame`` will ask of the flows, found ahead (a lookahead
         thread, core.api, while the frame before is filled): the target prepared, its flows
         to its keyframes and to the plate sources the search tries, and (``carried``: the
@@ -414,8 +414,8 @@ class ShotFiller:
         the fill would make itself (the same calls, kept in the shared caches until the
         fill of ``frame`` ends), so the pixels do not change.
 
-        ``pairs``: a part of the search only (choose_sources' ``pairs``). Returns whether
-        every flow was found."""
+        ``pairs``: a part of the search only (choose_sources' ``pairs``), and nothing after it
+        when the search stops there."""
         _, hole, target_flow = self.plate_frame(frame, lambda: (pixels, mask))
         for k in key_frames:
             self._flow(target_flow, self.keyframe(k)[2], ("key", k))
@@ -423,10 +423,9 @@ class ShotFiller:
             if self.choose_sources(target_flow, hole, source_candidates, self.settings.max_sources - len(key_frames),
                                    farther=self.looks_farther(key_frames, carried and self._carries()),
                                    pairs=pairs) is None:
-                return False
+                return
         if carried and self._carries():
             self._flow(target_flow, self.plate_frame(frame - 1)[2])
-        return True
 
     def _searches_plate(self, key_frames, source_candidates) -> bool:
         """Whether a fill with these keyframes looks for plate frames among the candidates."""
