@@ -78,6 +78,22 @@ _PREALIGN_ABOVE_PX = 0.5
 # known in-frame pixels within _EXPLAINED_PX (working pixels) of where it sends them.
 _EXPLAINED_PX = 0.5
 _EXPLAINED_SHARE = 0.02
+# ...and, where it must move far (flow_between's prealign_motion: between plate frames), when
+# the plain flow has found a small motion: consistent (error under _TRACKED_ERROR_PX) on at
+# least _TRACKED_SHARE of the known pixels, _TRACKED_PERCENT % of those moving less than
+# _TRACKED_REACH of the distance asked for. Then no homography is looked for: ORB matching
+# both ways and RANSAC were a third of a keyless plate pair's flow (bikes_walker's lookahead:
+# 0.72 of 2.63 s). Between the plate frames of the six real 16-frame shots, keyless and keyed,
+# one homography in 259 passed (carphone_wire's 1014 -> 1006) and none was used; 228 are now
+# not looked for. Their plain flows were 37-92 % consistent; a bike crossing the frame moves
+# 5-10 % of the pixels 40-70 px, hence not the far end. In bench/quality.py the plate pairs
+# whose homography passed (19 in --no-keys, 15 of them used) were 0.2-4 % consistent (DIS
+# lost them) or moved 80 % of the pixels 0.55 of the distance or more (0.93 where used).
+# (tests/test_flow.py's 25 % zoom with 10 degrees of roll: 23 % consistent, still looked for.)
+_TRACKED_ERROR_PX = 1.0
+_TRACKED_SHARE = 0.4
+_TRACKED_PERCENT = 80
+_TRACKED_REACH = 0.5
 
 # flow.extrapolate: hole pixels from this deep (working pixels), fully this much further,
 # take an adjacent source's own motion where it differs from the surroundings' by more than
@@ -569,6 +585,22 @@ def _explained(forward, error, known, hmat, work_shape) -> bool:
     return float(np.mean(dx * dx + dy * dy > _EXPLAINED_PX ** 2)) < _EXPLAINED_SHARE
 
 
+def _tracked(forward, error, known, reach: float, work_shape) -> bool:
+    """Whether the plain flow (full size) is consistent on _TRACKED_SHARE of the ``known``
+    pixels or more and _TRACKED_PERCENT % of those move less than ``reach`` working pixels (the pixels
+    sampled evenly, at most about 20000, as :func:`_explained` does)."""
+    ys, xs = np.nonzero(known)
+    if ys.size == 0:
+        return False
+    step = max(1, ys.size // 20000)
+    ys, xs = ys[::step], xs[::step]
+    consistent = error[ys, xs] < _TRACKED_ERROR_PX
+    if consistent.mean() < _TRACKED_SHARE:
+        return False
+    moves = forward[ys[consistent], xs[consistent]] * np.float32(work_shape[1] / forward.shape[1])
+    return float(np.percentile(np.hypot(moves[:, 0], moves[:, 1]), _TRACKED_PERCENT)) < reach
+
+
 def _apply(hmat: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     """Where ``hmat`` sends every pixel of an (h, w) grid: (map_x, map_y) float32."""
     grid = _grid(h, w)
@@ -699,8 +731,9 @@ def pair_key(a, b) -> tuple:
 def _aligned(target: FlowFrame, key: FlowFrame, forward, error, known, cache, motion: float = 0.0):
     """Pre-aligned flows target->key: (forward, backward, error), completed, at full size;
     None without a homography, where the matches that agree with it move by less than
-    ``motion`` times the working frame's long side, or where the plain flow (``forward``,
-    ``error``) already follows it (:func:`_explained`).
+    ``motion`` times the working frame's long side (or, not looked for, where the plain flow
+    (``forward``, ``error``) is consistent and moves less: :func:`_tracked`), or where the
+    plain flow already follows it (:func:`_explained`).
 
     Shared through ``cache`` as :func:`_plain_pair` shares the plain pair (both frames
     tagged): the homography and the pre-aligned DIS of two frames are found once, one way
@@ -713,6 +746,8 @@ def _aligned(target: FlowFrame, key: FlowFrame, forward, error, known, cache, mo
         and repr(target.tag) > repr(key.tag)
     first, second = (key, target) if swapped else (target, key)
     shared = cache is not None and first.tag is not None and second.tag is not None
+    if motion and _tracked(forward, error, known, _TRACKED_REACH * motion * max(target.luma.shape), target.luma.shape):
+        return None
 
     def once(name, make):
         return cache.get_or((name, first.tag, second.tag), make) if shared else make()

@@ -212,6 +212,37 @@ def test_prealign_motion_is_measured_where_the_homography_has_matches(monkeypatc
     assert calls == [1]
 
 
+def test_a_plain_flow_that_found_a_small_motion_looks_for_no_homography(monkeypatch):
+    """Where pre-alignment must move far (prealign_motion, as between plate frames), a plain
+    flow consistent on 40 % of the known pixels or more, 80 % of those moving less than half
+    that distance, has found the frame's motion: no homography is looked for (ORB matching
+    was a third of a plate pair's flow). A faster motion, or a flow that DIS lost (consistent
+    on less), still looks; without prealign_motion (a keyframe) it always does. A fast object
+    on a tenth of the pixels is not the frame's motion."""
+    target, key = (F.FlowFrame(view) for view in _zoom_views())
+    h, w = target.size
+    far = F._TRACKED_REACH * 0.1 * max(target.luma.shape) * w / target.luma.shape[1]   # full-size pixels
+    known = np.ones((h, w), bool)
+    calls = []
+    monkeypatch.setattr(F, "_homography", lambda *a: calls.append(1))
+    rows = np.arange(h)[:, None] < int(h * 0.5)   # the flow consistent on half the frame
+
+    def looks(moves, consistent=rows, motion=0.1):
+        forward = np.zeros((h, w, 2), np.float32)
+        forward[..., 0] = moves
+        error = np.where(consistent, np.float32(0.2), np.float32(5.0)) * np.ones((h, w), np.float32)
+        calls.clear()
+        assert F._aligned(target, key, forward, error, known, None, motion) is None
+        return calls == [1]
+
+    assert not looks(0.9 * far)
+    assert looks(1.1 * far)
+    assert looks(0.9 * far, consistent=np.arange(h)[:, None] < int(h * 0.3))
+    assert looks(0.9 * far, motion=0.0)
+    object_moves = np.where(np.arange(w)[None, :] < w // 10, 3 * far, 0.5 * far)   # a tenth of the pixels
+    assert not looks(object_moves)
+
+
 def test_prepared_frames_and_the_dis_cache_give_the_plain_flow():
     """flow_between on prepared frames is flow(); the reverse pair reuses the cached DIS exactly."""
     from keyprop.core.filler import LRU
