@@ -566,17 +566,23 @@ def _corner_motion(hmat: np.ndarray, shape: tuple[int, int]) -> float:
     return float(np.abs(moved - corners[:, 0]).max())
 
 
+def _evenly(where: np.ndarray, most: int = 20000) -> tuple[np.ndarray, np.ndarray]:
+    """(ys, xs) of the True pixels of ``where``, every n-th in row order: at most about ``most``
+    (twice that at worst)."""
+    ys, xs = np.nonzero(where)
+    step = max(1, ys.size // most)
+    return ys[::step], xs[::step]
+
+
 def _explained(forward, error, known, hmat, work_shape) -> bool:
     """Whether the plain flow already follows ``hmat`` (working-size homography) on the known,
     in-frame target pixels: nearly all land within _EXPLAINED_PX (working pixels) of where
     the homography sends them. Then pre-aligning would find the same flow again: what made
     the plain flow look inconsistent was pixels leaving the frame, not a failed search."""
     h, w = forward.shape[:2]
-    ys, xs = np.nonzero(known & (error < OUT_OF_FRAME_ERROR))
+    ys, xs = _evenly(known & (error < OUT_OF_FRAME_ERROR))
     if ys.size < 100:
         return False
-    step = max(1, ys.size // 20000)
-    ys, xs = ys[::step], xs[::step]
     sx, sy = work_shape[1] / w, work_shape[0] / h
     px, py = xs.astype(np.float32) * sx, ys.astype(np.float32) * sy
     hx, hy = _apply_points(hmat, px, py)
@@ -587,13 +593,11 @@ def _explained(forward, error, known, hmat, work_shape) -> bool:
 
 def _tracked(forward, error, known, reach: float, work_shape) -> bool:
     """Whether the plain flow (full size) is consistent on _TRACKED_SHARE of the ``known``
-    pixels or more and _TRACKED_PERCENT % of those move less than ``reach`` working pixels (the pixels
-    sampled evenly, at most about 20000, as :func:`_explained` does)."""
-    ys, xs = np.nonzero(known)
+    pixels or more and _TRACKED_PERCENT % of those move less than ``reach`` working pixels
+    (the pixels sampled as :func:`_explained` samples them: :func:`_evenly`)."""
+    ys, xs = _evenly(known)
     if ys.size == 0:
         return False
-    step = max(1, ys.size // 20000)
-    ys, xs = ys[::step], xs[::step]
     consistent = error[ys, xs] < _TRACKED_ERROR_PX
     if consistent.mean() < _TRACKED_SHARE:
         return False
@@ -746,7 +750,8 @@ def _aligned(target: FlowFrame, key: FlowFrame, forward, error, known, cache, mo
         and repr(target.tag) > repr(key.tag)
     first, second = (key, target) if swapped else (target, key)
     shared = cache is not None and first.tag is not None and second.tag is not None
-    if motion and _tracked(forward, error, known, _TRACKED_REACH * motion * max(target.luma.shape), target.luma.shape):
+    reach = _TRACKED_REACH * motion * max(target.luma.shape)
+    if motion and _tracked(forward, error, known, reach, target.luma.shape):
         return None
 
     def once(name, make):
