@@ -1047,13 +1047,18 @@ class _FlowsAhead:
             if self._fill_target(k):
                 if k not in self._futures:   # else its search is queued in parts
                     self.start(k)
-                    parts = [f for key, f in self._futures.items() if isinstance(key, tuple) and key[:2] == ("part", k)]
+                    parts = [self._futures[key] for key in self._keys("part", k)]
                     self._futures[k] = self._pool.submit((self._index[k], 1), self._find, k, after=parts)
                 if not self.carried(k):
                     # A window's first frame: its network fill, should its fill want one, once
                     # its search is done (ShotFiller.network_ahead).
                     self._futures[("network", k)] = self._pool.submit((self._index[k], 2), self._find, k, "network",
                                                                       after=[self._futures[k]])
+
+    def _keys(self, kind: str, k: int) -> list:
+        """The keys of ``self._futures`` of one ``kind`` ("part", "search") for frame ``k``, in
+        the order queued."""
+        return [key for key in self._futures if isinstance(key, tuple) and key[:2] == (kind, k)]
 
     def _search_in_parts(self, k: int) -> None:
         """Queue the search of frame ``k``, a keyless window's first frame (it searches farther,
@@ -1075,8 +1080,7 @@ class _FlowsAhead:
         under way. Its search's remainder, or parts of it, not begun, are left to its fill."""
         if self._pool is None:
             return
-        parts = [key for key in self._futures if isinstance(key, tuple) and key[:2] == ("part", frame)]
-        searches = [key for key in self._futures if isinstance(key, tuple) and key[:2] == ("search", frame)]
+        parts, searches = self._keys("part", frame), self._keys("search", frame)
         # The network first (it waits on the search), the search before its parts (it waits on them).
         for key in [("network", frame), frame] + searches:
             if key in self._futures and self._futures[key].cancel():
