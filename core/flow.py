@@ -747,7 +747,7 @@ def _aligned(target: FlowFrame, key: FlowFrame, forward, error, known, cache, mo
     pre-alignment found for the first way round (the same scene, warped the other way)."""
     h, w = target.size
     swapped = cache is not None and target.tag is not None and key.tag is not None \
-        and repr(target.tag) > repr(key.tag)
+        and pair_key(target.tag, key.tag)[0] != target.tag
     first, second = (key, target) if swapped else (target, key)
     shared = cache is not None and first.tag is not None and second.tag is not None
     reach = _TRACKED_REACH * motion * max(target.luma.shape)
